@@ -1,0 +1,158 @@
+"""DreamerV2 encoders, decoders, heads and actor (plain ``nn.Module`` on tensors).
+
+The world model wires these together and exposes them through TensorDict keys; the
+modules themselves stay tensor-in/tensor-out so the hot loops carry no dict overhead.
+"""
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+import torch
+from torch import nn
+from torchrl.modules import MLP, TanhNormal, TruncatedNormal
+
+
+def pixels_to_float(pixels: torch.Tensor) -> torch.Tensor:
+    """uint8 ``[0, 255]`` pixels to float ``[-0.5, 0.5]`` (DreamerV2's scaling)."""
+    return pixels.float() / 255.0 - 0.5
+
+
+class ConvEncoder(nn.Module):
+    """DreamerV2 image encoder: four ``k=4, s=2`` convolutions with ELU.
+
+    Reads uint8 ``[..., 3, 64, 64]`` pixels (float input is taken as already scaled to
+    ``[-0.5, 0.5]``) and returns a ``32 * depth`` embedding (1024 for depth 32).
+    """
+
+    def __init__(self, *, depth: int = 48, in_channels: int = 3, image_size: int = 64):
+        super().__init__()
+        if image_size != 64:
+            raise ValueError(f"ConvEncoder expects 64x64 images, got image_size={image_size}; render at 64.")
+        chans = [in_channels, depth, 2 * depth, 4 * depth, 8 * depth]
+        layers = []
+        for c_in, c_out in zip(chans[:-1], chans[1:]):
+            layers += [nn.Conv2d(c_in, c_out, 4, 2), nn.ELU()]
+        self.net = nn.Sequential(*layers)
+        self.embed_dim = 32 * depth
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        x = pixels_to_float(pixels) if pixels.dtype == torch.uint8 else pixels
+        lead = x.shape[:-3]
+        return self.net(x.reshape(-1, *x.shape[-3:])).reshape(*lead, self.embed_dim)
+
+
+class ConvDecoder(nn.Module):
+    """DreamerV2 image decoder: linear, then transposed convolutions ``k = 5, 5, 6, 6``.
+
+    Returns the mean image in ``[-0.5, 0.5]`` space, ``[..., 3, 64, 64]``.
+    """
+
+    def __init__(self, feature_dim: int, *, depth: int = 48, out_channels: int = 3):
+        super().__init__()
+        self.linear = nn.Linear(feature_dim, 32 * depth)
+        self.net = nn.Sequential(
+            nn.ConvTranspose2d(32 * depth, 4 * depth, 5, 2), nn.ELU(),
+            nn.ConvTranspose2d(4 * depth, 2 * depth, 5, 2), nn.ELU(),
+            nn.ConvTranspose2d(2 * depth, depth, 6, 2), nn.ELU(),
+            nn.ConvTranspose2d(depth, out_channels, 6, 2),
+        )
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        lead = features.shape[:-1]
+        x = self.linear(features).reshape(-1, self.linear.out_features, 1, 1)
+        out = self.net(x)
+        return out.reshape(*lead, *out.shape[1:])
+
+
+def mlp(in_features: int, out_features: int, *, layers: int, units: int) -> MLP:
+    """DreamerV2 MLP: ``layers`` hidden ELU layers of ``units``, then a linear output."""
+    return MLP(in_features=in_features, out_features=out_features, depth=layers, num_cells=units,
+               activation_class=nn.ELU)
+
+
+class MLPEncoder(nn.Module):
+    """Encoder for vector observations (DreamerV2 ``mlp_keys``)."""
+
+    def __init__(self, obs_dim: int, *, layers: int = 4, units: int = 400):
+        super().__init__()
+        self.net = mlp(obs_dim, units, layers=layers - 1, units=units)
+        self.embed_dim = units
+
+    def forward(self, obs: torch.Tensor) -> torch.Tensor:
+        return nn.functional.elu(self.net(obs))
+
+
+class MLPDecoder(nn.Module):
+    """Decoder for vector observations: unit-variance Normal mean."""
+
+    def __init__(self, feature_dim: int, obs_dim: int, *, layers: int = 4, units: int = 400):
+        super().__init__()
+        self.net = mlp(feature_dim, obs_dim, layers=layers, units=units)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.net(features)
+
+
+class ScalarHead(nn.Module):
+    """MLP from latent features to one scalar per step (reward mean, value, discount logit)."""
+
+    def __init__(self, feature_dim: int, *, layers: int, units: int):
+        super().__init__()
+        self.net = mlp(feature_dim, 1, layers=layers, units=units)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.net(features).squeeze(-1)
+
+
+ActorDist = Literal["trunc_normal", "tanh_normal"]
+
+
+class Actor(nn.Module):
+    """DreamerV2 continuous actor ``pi(a | features)``.
+
+    ``trunc_normal`` (DreamerV2's default for continuous control): ``loc = tanh(mean)``,
+    ``scale = 2 * sigmoid(std / 2) + min_std``, a Normal truncated to ``[-1, 1]``.
+    ``tanh_normal``: ``loc = 5 * tanh(mean / 5)``, ``scale = softplus(std + init_std) +
+    min_std``, squashed by tanh.
+
+    Keyword Args:
+        layers, units: hidden MLP size (4 x 400 in DreamerV2).
+        dist: ``"trunc_normal"`` or ``"tanh_normal"``.
+        min_std: lower bound of the scale.
+        init_std: softplus offset for ``tanh_normal``.
+    """
+
+    def __init__(
+        self,
+        feature_dim: int,
+        action_dim: int,
+        *,
+        layers: int = 4,
+        units: int = 400,
+        dist: ActorDist = "trunc_normal",
+        min_std: float = 0.1,
+        init_std: float = 0.0,
+    ):
+        super().__init__()
+        if dist not in ("trunc_normal", "tanh_normal"):
+            raise ValueError(f"actor dist={dist!r} is unknown; use 'trunc_normal' or 'tanh_normal'.")
+        self.dist_kind, self.min_std, self.action_dim = dist, min_std, action_dim
+        self.init_std = math.log(math.exp(1.0) - 1.0) + init_std if dist == "tanh_normal" else init_std
+        self.net = mlp(feature_dim, 2 * action_dim, layers=layers, units=units)
+
+    def forward(self, features: torch.Tensor):
+        mean, std = self.net(features).chunk(2, -1)
+        if self.dist_kind == "trunc_normal":
+            loc = torch.tanh(mean)
+            scale = 2 * torch.sigmoid(std / 2) + self.min_std
+            return TruncatedNormal(loc, scale, low=-1.0, high=1.0, tanh_loc=False)
+        loc = 5 * torch.tanh(mean / 5)
+        scale = nn.functional.softplus(std + self.init_std) + self.min_std
+        return TanhNormal(loc, scale, low=-1.0, high=1.0, upscale=1.0, tanh_loc=False)
+
+
+def normal_nll(mean: torch.Tensor, target: torch.Tensor, event_dims: int = 0) -> torch.Tensor:
+    """NLL of ``target`` under a unit-variance Normal at ``mean``, summed over the last ``event_dims``."""
+    nll = 0.5 * (target - mean).pow(2) + 0.5 * math.log(2 * math.pi)
+    return nll.sum(tuple(range(-event_dims, 0))) if event_dims else nll

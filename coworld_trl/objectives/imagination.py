@@ -1,0 +1,90 @@
+"""Latent imagination and the lambda-return (DreamerV2, Sec. 3 / Eq. 4 of DreamerV2).
+
+Imagined trajectories use the TED layout of the rest of the library::
+
+    k              0        1       ...   H-1
+    features       s_0      s_1           s_{H-1}     (s_0 = a posterior state)
+    action         a_0      a_1           a_{H-1}     (a_k ~ pi(. | sg(s_k)))
+    next.features  s_1      s_2           s_H         (prior samples)
+    next.reward    r(s_1)   r(s_2)        r(s_H)
+    next.discount  g(s_1)   g(s_2)        g(s_H)      (gamma * continuation)
+
+so that ``R_k = r_{k+1} + g_{k+1} ((1 - lambda) v(s_{k+1}) + lambda R_{k+1})`` with
+``R_{H-1} = r_H + g_H v(s_H)``. (DreamerV2 also sums the reward of the start state,
+which was earned before it; it is a constant for the policy, so it is left out here.)
+"""
+from __future__ import annotations
+
+import torch
+from tensordict import TensorDict
+from torchrl.objectives.utils import hold_out_net
+from torchrl.objectives.value.functional import td_lambda_return_estimate
+
+from coworld_trl.modules.world_model import WorldModel
+
+
+def imagine(
+    world_model: WorldModel,
+    actor: torch.nn.Module,
+    stoch: torch.Tensor,
+    deter: torch.Tensor,
+    *,
+    horizon: int = 15,
+    gamma: float = 0.995,
+) -> TensorDict:
+    """Roll the actor out in the world model's prior for ``horizon`` steps.
+
+    The world model's parameters are held out (no gradient reaches them) while its
+    activations stay differentiable, so the actor learns through the dynamics.
+
+    Args:
+        world_model: provides the RSSM prior, reward head and optional discount head.
+        actor: maps features to an action distribution with ``rsample``.
+        stoch, deter: ``[N, ...]`` start states (posterior states, detached).
+
+    Keyword Args:
+        horizon: ``H`` (15).
+        gamma: discount; multiplied by the discount head's continuation probability
+            when the model has one.
+
+    Returns:
+        TensorDict ``[N, H]`` with ``features``, ``action`` and ``("next", ...)``
+        ``features``, ``reward``, ``discount``.
+    """
+    rssm = world_model.rssm
+    stoch, deter = stoch.detach().flatten(0, -2), deter.detach().flatten(0, -2)
+    features, actions = [rssm.features(stoch, deter)], []
+    with hold_out_net(world_model):
+        for _ in range(horizon):
+            action = actor(features[-1].detach()).rsample()
+            deter, _, stoch = rssm.img_step(stoch, deter, action)
+            actions.append(action)
+            features.append(rssm.features(stoch, deter))
+        features = torch.stack(features, 1)
+        next_features = features[:, 1:]
+        reward = world_model.reward_head(next_features)
+        if world_model.discount_head is not None:
+            discount = gamma * torch.sigmoid(world_model.discount_head(next_features))
+        else:
+            discount = torch.full_like(reward, gamma)
+    n = features.shape[0]
+    return TensorDict(
+        features=features[:, :-1],
+        action=torch.stack(actions, 1),
+        next=TensorDict(features=next_features, reward=reward, discount=discount, batch_size=[n, horizon]),
+        batch_size=[n, horizon],
+    )
+
+
+def lambda_return(reward: torch.Tensor, next_value: torch.Tensor, discount: torch.Tensor, lmbda: float) -> torch.Tensor:
+    """TD(lambda) return with a per-step discount, ``[N, H]`` in and out (TorchRL's estimator)."""
+    done = torch.zeros_like(reward, dtype=torch.bool).unsqueeze(-1)
+    return td_lambda_return_estimate(
+        discount.unsqueeze(-1), lmbda, next_value.unsqueeze(-1), reward.unsqueeze(-1), done, done
+    ).squeeze(-1)
+
+
+def discount_weights(discount: torch.Tensor) -> torch.Tensor:
+    """Weight of step k: ``prod_{i<k} discount_i`` (1 at k = 0), detached."""
+    ones = torch.ones_like(discount[:, :1])
+    return torch.cumprod(torch.cat([ones, discount[:, :-1]], 1), 1).detach()

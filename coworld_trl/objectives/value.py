@@ -1,0 +1,111 @@
+"""The DreamerV2 critic loss with a slow target critic and an extension point for penalties."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from tensordict import TensorDict, TensorDictBase
+from tensordict.nn import TensorDictParams
+from torch import nn
+from torchrl.objectives import HardUpdate, LossModule
+
+from coworld_trl.objectives.imagination import discount_weights, lambda_return
+
+
+class ValueLoss(LossModule):
+    """Critic regression to the lambda-return (DreamerV2 Eq. 5; the first term of CoWorld Eq. 6).
+
+    ``L_v = E[ sum_k w_k (0.5 (v(s_k) - sg(R_k))^2 + penalty_k) ]``, where ``R_k`` is the
+    lambda-return bootstrapped with a slow copy of the critic and ``w_k`` the cumulative
+    discount. ``penalty`` is the extension point: a module called as
+    ``penalty(imagined, value) -> [N, H]`` whose output is added per step under the same
+    weights and reported as ``loss_value_penalty`` (CoWorld's min-max constraint, Eq. 6,
+    is one). Use :meth:`make_target_updater` for the slow critic's hard copy.
+
+    Call :meth:`targets` first (it writes ``value_target``, ``state_value`` and
+    ``weight`` into the imagined TensorDict; the target keeps its graph for the actor's
+    dynamics backprop), then the actor loss, then this loss.
+
+    Args:
+        critic: ``features -> value`` module.
+
+    Keyword Args:
+        lmbda: lambda of the return (0.95).
+        penalty: optional per-step penalty module.
+
+    Examples:
+        >>> value_loss = ValueLoss(critic)
+        >>> updater = value_loss.make_target_updater(interval=100)
+        >>> imagined = value_loss.targets(imagine(world_model, actor, stoch, deter))
+        >>> value_loss(imagined)["loss_value"].backward(); updater.step()
+    """
+
+    value_network: nn.Module
+    value_network_params: TensorDictParams
+    target_value_network_params: TensorDictParams
+
+    @dataclass
+    class _AcceptedKeys:
+        """Keys of the imagined TensorDict.
+
+        Attributes:
+            features, next_features, reward, discount: imagined trajectory (see ``imagine``).
+            value_target: lambda-return written by :meth:`targets`.
+            state_value: slow-critic value of ``features`` written by :meth:`targets`.
+            weight: cumulative discount written by :meth:`targets`.
+        """
+
+        features: str = "features"
+        next_features: tuple = ("next", "features")
+        reward: tuple = ("next", "reward")
+        discount: tuple = ("next", "discount")
+        value_target: str = "value_target"
+        state_value: str = "state_value"
+        weight: str = "weight"
+
+    default_keys = _AcceptedKeys
+
+    def __init__(self, critic: nn.Module, *, lmbda: float = 0.95, penalty: nn.Module | None = None):
+        super().__init__()
+        self.convert_to_functional(critic, "value_network", create_target_params=True)
+        self.lmbda = lmbda
+        self.penalty = penalty
+
+    def _forward_value_estimator_keys(self, **kwargs) -> None:
+        pass
+
+    def make_target_updater(self, interval: int = 100) -> HardUpdate:
+        """Hard copy of the critic into the slow critic every ``interval`` calls of ``step()``."""
+        # HardUpdate copies when its counter reaches the interval, then restarts from 0,
+        # i.e. on every (interval + 1)-th step.
+        return HardUpdate(self, value_network_update_interval=interval - 1)
+
+    def slow_value(self, features: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad(), self.target_value_network_params.to_module(self.value_network):
+            return self.value_network(features)
+
+    def targets(self, imagined: TensorDictBase) -> TensorDictBase:
+        """Write the lambda-return, the slow value of each state and the step weights."""
+        keys = self.tensor_keys
+        discount = imagined.get(keys.discount)
+        target = lambda_return(
+            imagined.get(keys.reward), self.slow_value(imagined.get(keys.next_features)), discount, self.lmbda
+        )
+        imagined.set(keys.value_target, target)
+        imagined.set(keys.state_value, self.slow_value(imagined.get(keys.features)))
+        imagined.set(keys.weight, discount_weights(discount))
+        return imagined
+
+    def forward(self, imagined: TensorDictBase) -> TensorDict:
+        keys = self.tensor_keys
+        weight = imagined.get(keys.weight)
+        value = self.value_network(imagined.get(keys.features).detach())
+        target = imagined.get(keys.value_target).detach()
+        out = TensorDict(
+            loss_value=(weight * 0.5 * (value - target).pow(2)).mean(),
+            value=value.detach().mean(),
+            value_target=target.mean(),
+        )
+        if self.penalty is not None:
+            out["loss_value_penalty"] = (weight * self.penalty(imagined, value)).mean()
+        return out

@@ -1,0 +1,156 @@
+"""Eq. 2: the DreamerV2 world-model loss."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from tensordict import TensorDict, TensorDictBase
+from torchrl.objectives import LossModule
+
+from coworld_trl.modules.networks import normal_nll, pixels_to_float
+from coworld_trl.modules.world_model import WorldModel, previous_step
+
+FreeNatsPlacement = Literal["mean", "step"]
+
+
+def balanced_kl(
+    kl_fn,
+    post_stats: torch.Tensor,
+    prior_stats: torch.Tensor,
+    *,
+    balance: float = 0.8,
+    free_nats: float = 1.0,
+    free_nats_placement: FreeNatsPlacement = "mean",
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """DreamerV2's balanced KL: ``balance * KL(sg(q) || p) + (1 - balance) * KL(q || sg(p))``.
+
+    Args:
+        kl_fn: per-step ``KL(lhs || rhs)`` on stats tensors (``RSSM.kl``).
+        post_stats, prior_stats: ``[..., stats_dim]``.
+
+    Keyword Args:
+        balance: weight of the prior-training side (0.8 in DreamerV2).
+        free_nats: each side is clamped from below at this many nats.
+        free_nats_placement: ``"mean"`` clamps after averaging over batch and time
+            (DreamerV2's ``free_avg=True`` and the official CoWorld code); ``"step"``
+            clamps every step before averaging (DreamerV3's placement).
+
+    Returns:
+        ``(loss, kl)``: the balanced, clamped loss and the mean raw KL (a diagnostic).
+    """
+    dyn = kl_fn(post_stats.detach(), prior_stats)
+    rep = kl_fn(post_stats, prior_stats.detach())
+    if free_nats_placement == "mean":
+        dyn_loss, rep_loss = dyn.mean().clamp_min(free_nats), rep.mean().clamp_min(free_nats)
+    elif free_nats_placement == "step":
+        dyn_loss, rep_loss = dyn.clamp_min(free_nats).mean(), rep.clamp_min(free_nats).mean()
+    else:
+        raise ValueError(f"free_nats_placement={free_nats_placement!r} is unknown; use 'mean' or 'step'.")
+    return balance * dyn_loss + (1 - balance) * rep_loss, dyn.detach().mean()
+
+
+class WorldModelLoss(LossModule):
+    """Eq. 2 of CoWorld (the DreamerV2 world-model objective).
+
+    ``L_M = E[ -ln p(o_t | s_t) - ln p(r_t | s_t) - ln p(gamma_t | s_t) + beta_1 KL_bal(q || p) ]``
+
+    Runs the world model over a ``[B, T]`` TED batch (writing its latents into the
+    batch, so the behaviour update can start from them) and returns the loss terms.
+    Reward and discount targets are aligned by :func:`previous_step`; rows where the
+    state is reset carry no reward target.
+
+    Args:
+        world_model: the :class:`WorldModel` to train.
+
+    Keyword Args:
+        kl_scale: ``beta_1`` (1.0).
+        kl_balance: prior-side weight of the balanced KL (0.8).
+        free_nats: free nats (1.0).
+        free_nats_placement: ``"mean"`` (after averaging, DreamerV2) or ``"step"``.
+        image_scale, reward_scale, discount_scale: loss scales (reward 2.0 in the
+            official code on DMC, 1.0 in the paper).
+
+    Returns:
+        TensorDict with ``loss_image``, ``loss_reward``, ``loss_kl`` (and
+        ``loss_discount`` when the model has a discount head), plus detached
+        ``kl``, ``post_entropy``, ``prior_entropy``.
+
+    Examples:
+        >>> from coworld_trl.modules import make_world_model
+        >>> loss = WorldModelLoss(make_world_model(action_dim=6))
+        >>> losses = loss(batch)            # batch: TensorDict [B, T]
+        >>> sum(v for k, v in losses.items() if k.startswith("loss_")).backward()
+    """
+
+    @dataclass
+    class _AcceptedKeys:
+        """Keys read from the batch.
+
+        Attributes:
+            pixels: observation.
+            reward: reward that followed row t (TED ``("next", "reward")``).
+            terminated: termination that followed row t.
+        """
+
+        pixels: str = "pixels"
+        reward: tuple = ("next", "reward")
+        terminated: tuple = ("next", "terminated")
+
+    default_keys = _AcceptedKeys
+
+    def __init__(
+        self,
+        world_model: WorldModel,
+        *,
+        kl_scale: float = 1.0,
+        kl_balance: float = 0.8,
+        free_nats: float = 1.0,
+        free_nats_placement: FreeNatsPlacement = "mean",
+        image_scale: float = 1.0,
+        reward_scale: float = 1.0,
+        discount_scale: float = 1.0,
+    ):
+        super().__init__()
+        self.world_model = world_model
+        self.kl_scale, self.kl_balance = kl_scale, kl_balance
+        self.free_nats, self.free_nats_placement = free_nats, free_nats_placement
+        self.image_scale, self.reward_scale, self.discount_scale = image_scale, reward_scale, discount_scale
+
+    def _forward_value_estimator_keys(self, **kwargs) -> None:
+        pass
+
+    def forward(self, tensordict: TensorDictBase) -> TensorDict:
+        model = self.world_model
+        model(tensordict)
+        features = model.features(tensordict)
+        is_first = model.is_first(tensordict)
+
+        obs = tensordict.get(self.tensor_keys.pixels)
+        target = pixels_to_float(obs) if obs.dtype == torch.uint8 else obs
+        loss_image = normal_nll(model.decoder(features), target, event_dims=target.ndim - 2).mean()
+
+        has_target = (~is_first).float()
+        reward = previous_step(tensordict.get(self.tensor_keys.reward).reshape(is_first.shape), is_first)
+        reward_nll = normal_nll(model.reward_head(features), reward)
+        loss_reward = (reward_nll * has_target).sum() / has_target.sum().clamp_min(1)
+
+        loss_kl, kl = balanced_kl(
+            model.rssm.kl, tensordict.get("post_stats"), tensordict.get("prior_stats"),
+            balance=self.kl_balance, free_nats=self.free_nats, free_nats_placement=self.free_nats_placement,
+        )
+        out = TensorDict(
+            loss_image=self.image_scale * loss_image,
+            loss_reward=self.reward_scale * loss_reward,
+            loss_kl=self.kl_scale * loss_kl,
+            kl=kl,
+            post_entropy=model.rssm.entropy(tensordict.get("post_stats")).mean().detach(),
+            prior_entropy=model.rssm.entropy(tensordict.get("prior_stats")).mean().detach(),
+        )
+        if model.discount_head is not None:
+            terminated = tensordict.get(self.tensor_keys.terminated).reshape(is_first.shape).float()
+            continues = 1.0 - previous_step(terminated, is_first)
+            out["loss_discount"] = self.discount_scale * torch.nn.functional.binary_cross_entropy_with_logits(
+                model.discount_head(features), continues
+            )
+        return out
