@@ -81,7 +81,9 @@ class ValueLoss(LossModule):
         return HardUpdate(self, value_network_update_interval=interval - 1)
 
     def slow_value(self, features: torch.Tensor) -> torch.Tensor:
-        with torch.no_grad(), self.target_value_network_params.to_module(self.value_network):
+        """Slow-critic value: differentiable in ``features`` (the actor backprops through the
+        bootstrap, as in DreamerV2), never in the slow critic's weights."""
+        with self.target_value_network_params.data.to_module(self.value_network):
             return self.value_network(features)
 
     def targets(self, imagined: TensorDictBase) -> TensorDictBase:

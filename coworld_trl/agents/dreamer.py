@@ -1,0 +1,160 @@
+"""DreamerV2 as a composition of the library's modules and losses.
+
+The agent owns networks, losses and one optimiser per loss; it never builds envs,
+buffers or loggers. CoWorld composes two of these (source and target) and adds its
+alignment terms around :meth:`DreamerV2Agent.update_world_model` and the value loss's
+penalty hook.
+"""
+from __future__ import annotations
+
+import contextlib
+from typing import TYPE_CHECKING
+
+import torch
+from tensordict import TensorDict, TensorDictBase
+from torch import nn
+
+from coworld_trl.modules import Actor, ScalarHead, WorldModel, make_world_model
+from coworld_trl.modules.policy import LatentPolicy
+from coworld_trl.objectives import ActorLoss, ValueLoss, WorldModelLoss, imagine
+
+if TYPE_CHECKING:  # configs are plain dataclasses from coworld_trl.training.config
+    from coworld_trl.training.config import AgentConfig, ModelConfig
+
+
+def build_networks(model: "ModelConfig", *, action_dim: int, obs_shape: tuple[int, ...]) -> tuple[WorldModel, Actor, ScalarHead]:
+    """World model, actor and critic sized by ``model``."""
+    world_model = make_world_model(
+        action_dim=action_dim, obs_shape=obs_shape, latent=model.latent, stoch=model.stoch, classes=model.classes,
+        deter=model.deter, hidden=model.hidden, norm_gru=model.norm_gru, cnn_depth=model.cnn_depth,
+        mlp_units=model.mlp_units, reward_layers=model.reward_layers, discount_head=model.discount_head,
+    )
+    actor = Actor(world_model.feature_dim, action_dim, layers=model.actor_layers, units=model.mlp_units,
+                  dist=model.actor_dist)
+    critic = ScalarHead(world_model.feature_dim, layers=model.critic_layers, units=model.mlp_units)
+    return world_model, actor, critic
+
+
+class DreamerV2Agent(nn.Module):
+    """A DreamerV2 agent: world model, actor, critic, their losses and optimisers.
+
+    Args:
+        world_model, actor, critic: networks (see :func:`build_networks`).
+        config: losses, learning rates and behaviour hyperparameters.
+
+    Keyword Args:
+        value_penalty: optional per-step penalty module for the value loss (Eq. 6).
+        autocast: run forward passes under bf16 autocast (CUDA).
+    """
+
+    def __init__(
+        self,
+        world_model: WorldModel,
+        actor: Actor,
+        critic: nn.Module,
+        config: "AgentConfig",
+        *,
+        value_penalty: nn.Module | None = None,
+        autocast: bool = False,
+    ):
+        super().__init__()
+        self.config = config
+        self.world_model, self.actor = world_model, actor
+        self.world_model_loss = WorldModelLoss(
+            world_model, kl_scale=config.kl_scale, kl_balance=config.kl_balance, free_nats=config.free_nats,
+            free_nats_placement=config.free_nats_placement, reward_scale=config.reward_scale,
+            discount_scale=config.discount_scale,
+        )
+        self.actor_loss = ActorLoss(actor, rho=config.rho, entropy_scale=config.entropy_scale)
+        self.value_loss = ValueLoss(critic, lmbda=config.lmbda, penalty=value_penalty)
+        self.target_updater = self.value_loss.make_target_updater(config.slow_critic_interval)
+        adam = dict(eps=config.adam_eps)
+        self.optimizers = {
+            "world_model": torch.optim.Adam(world_model.parameters(), lr=config.model_lr, **adam),
+            "actor": torch.optim.Adam(actor.parameters(), lr=config.actor_lr, **adam),
+            "value": torch.optim.Adam(self.value_loss.value_network_params.values(True, True), lr=config.critic_lr, **adam),
+        }
+        self.autocast = autocast
+
+    @property
+    def critic(self) -> nn.Module:
+        return self.value_loss.value_network
+
+    def _autocast(self):
+        device = next(self.parameters()).device
+        if not self.autocast:
+            return contextlib.nullcontext()
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+
+    def _step(self, name: str, loss: torch.Tensor, params) -> torch.Tensor:
+        optimizer = self.optimizers[name]
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = nn.utils.clip_grad_norm_(params, self.config.grad_clip)
+        optimizer.step()
+        return grad_norm
+
+    def update_world_model(self, batch: TensorDictBase, extra_loss: torch.Tensor | None = None) -> TensorDict:
+        """One Eq. 2 step on a ``[B, T]`` batch; leaves the posterior latents in ``batch``.
+
+        ``extra_loss`` (e.g. CoWorld's state alignment) is added before the backward pass.
+        """
+        with self._autocast():
+            losses = self.world_model_loss(batch)
+        total = sum(value for key, value in losses.items() if key.startswith("loss_"))
+        if extra_loss is not None:
+            total = total + extra_loss
+        losses["grad_norm_world_model"] = self._step("world_model", total, self.world_model.parameters())
+        return losses.detach()
+
+    def imagine(self, batch: TensorDictBase) -> TensorDictBase:
+        """Imagined trajectories from every posterior state of ``batch``, with value targets."""
+        with self._autocast():
+            imagined = imagine(self.world_model, self.actor, batch.get("stoch"), batch.get("deter"),
+                               horizon=self.config.horizon, gamma=self.config.gamma)
+            return self.value_loss.targets(imagined)
+
+    def update_behaviour(self, batch: TensorDictBase) -> TensorDict:
+        """One actor (Eq. 7) and one critic step from the posterior states in ``batch``."""
+        imagined = self.imagine(batch)
+        with self._autocast():
+            actor_losses = self.actor_loss(imagined)
+        actor_losses["grad_norm_actor"] = self._step("actor", actor_losses["loss_actor"], self.actor.parameters())
+        with self._autocast():
+            value_losses = self.value_loss(imagined)
+        value_total = sum(v for k, v in value_losses.items() if k.startswith("loss_"))
+        value_losses["grad_norm_value"] = self._step(
+            "value", value_total, self.value_loss.value_network_params.values(True, True)
+        )
+        self.target_updater.step()
+        return actor_losses.update(value_losses).detach()
+
+    def update(self, batch: TensorDictBase) -> TensorDict:
+        """World model, then behaviour, on one batch (DreamerV2's train step)."""
+        return self.update_world_model(batch).update(self.update_behaviour(batch))
+
+    def policy(self) -> LatentPolicy:
+        return LatentPolicy(self.world_model, self.actor, expl_noise=self.config.expl_noise)
+
+    # ---------------------------------------------------------- checkpointing
+    def checkpoint_state(self) -> dict:
+        """Everything needed to resume: weights, slow critic, optimisers, updater counter."""
+        return {
+            "modules": self.state_dict(),
+            "optimizers": {name: opt.state_dict() for name, opt in self.optimizers.items()},
+            "target_updater_counter": self.target_updater.counter,
+        }
+
+    def load_checkpoint_state(self, state: dict) -> None:
+        self.load_state_dict(state["modules"])
+        for name, opt in self.optimizers.items():
+            opt.load_state_dict(state["optimizers"][name])
+        self.target_updater.counter = state["target_updater_counter"]
+
+
+def make_dreamer_agent(model: "ModelConfig", agent: "AgentConfig", *, action_dim: int, obs_shape=(3, 64, 64),
+                       device: torch.device | str = "cpu", autocast: bool = False) -> DreamerV2Agent:
+    """Build networks on ``device`` first, so optimisers and the slow critic live there too."""
+    networks = build_networks(model, action_dim=action_dim, obs_shape=tuple(obs_shape))
+    world_model, actor, critic = (net.to(device) for net in networks)
+    return DreamerV2Agent(world_model, actor, critic, agent, autocast=autocast)

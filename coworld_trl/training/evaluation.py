@@ -1,0 +1,46 @@
+"""Evaluation: deterministic episodes, return statistics, one recorded video."""
+from __future__ import annotations
+
+import torch
+from torchrl.envs import EnvBase, TransformedEnv
+from torchrl.envs.utils import ExplorationType, set_exploration_type
+from torchrl.record import VideoRecorder
+from torchrl.record.loggers import Logger
+
+MAX_EPISODE_STEPS = 100_000
+
+
+class Evaluator:
+    """Runs ``episodes`` deterministic episodes (actor mean, posterior mode).
+
+    The first episode goes through TorchRL's :class:`VideoRecorder` when ``logger`` is
+    given. Returns ``eval/return_mean``, ``eval/return_std`` and, where the env reports
+    ``success``, ``eval/success_rate``.
+    """
+
+    def __init__(self, env: EnvBase, *, episodes: int = 10, logger: Logger | None = None, video: bool = True):
+        self.env, self.episodes = env, episodes
+        self.recorder = VideoRecorder(logger, tag="eval/video", in_keys=["pixels"]) if (logger and video) else None
+        self.recording_env = TransformedEnv(env, self.recorder) if self.recorder is not None else None
+
+    @torch.no_grad()
+    def __call__(self, policy, step: int) -> dict[str, float | list[float]]:
+        returns, successes = [], []
+        with set_exploration_type(ExplorationType.DETERMINISTIC):
+            for episode in range(self.episodes):
+                env = self.recording_env if (episode == 0 and self.recording_env is not None) else self.env
+                rollout = env.rollout(MAX_EPISODE_STEPS, policy, break_when_any_done=True)
+                returns.append(rollout["next", "reward"].sum().item())
+                if ("next", "success") in rollout.keys(True):
+                    successes.append(float(rollout["next", "success"].any()))
+                if episode == 0 and self.recorder is not None:
+                    self.recorder.dump(step=step)
+        returns_t = torch.tensor(returns)
+        metrics = {
+            "eval/return_mean": returns_t.mean().item(),
+            "eval/return_std": returns_t.std(unbiased=False).item(),
+            "eval/returns": returns,
+        }
+        if successes:
+            metrics["eval/success_rate"] = sum(successes) / len(successes)
+        return metrics
