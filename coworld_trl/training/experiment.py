@@ -37,10 +37,10 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def make_sequence_buffer(capacity: int, seq_len: int, scratch_dir) -> TensorDictReplayBuffer:
-    """Disk-backed TED storage sampled as within-episode slices of ``seq_len``."""
+def make_sequence_buffer(capacity: int, seq_len: int) -> TensorDictReplayBuffer:
+    """Disk-backed (memory-mapped) TED storage sampled as within-episode slices of ``seq_len``."""
     return TensorDictReplayBuffer(
-        storage=LazyMemmapStorage(capacity, scratch_dir=scratch_dir),
+        storage=LazyMemmapStorage(capacity),
         sampler=SliceSampler(slice_len=seq_len, end_key=("next", "done"), strict_length=True),
     )
 
@@ -82,7 +82,7 @@ def run_online_dreamer(config: DreamerConfig) -> Counters:
         return Collector(env, policy, frames_per_batch=train.train_every, total_frames=steps,
                          init_random_frames=random_steps, device=device, storing_device="cpu")
 
-    buffer = make_sequence_buffer(config.data.buffer_capacity, config.data.seq_len, run_dir.path / "replay_storage")
+    buffer = make_sequence_buffer(config.data.buffer_capacity, config.data.seq_len)
     settings = LoopSettings(
         total_frames=train.total_frames, prefill_frames=train.prefill_frames,
         frames_per_step=config.env.action_repeat, train_every=train.train_every,

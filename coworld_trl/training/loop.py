@@ -6,6 +6,8 @@ none of them. Re-running with the same run directory resumes from the last check
 from __future__ import annotations
 
 import logging
+import os
+import shutil
 import time
 from dataclasses import asdict, dataclass
 from typing import Callable
@@ -61,7 +63,7 @@ def mark_last_transition_truncated(buffer: ReplayBuffer) -> None:
     storage = buffer.storage
     if len(storage) == 0:
         return
-    last = (buffer._writer._cursor - 1) % storage.max_size
+    last = (buffer.writer.state_dict()["_cursor"] - 1) % storage.max_size
     row = storage[last]
     row["next", "truncated"] = torch.ones_like(row["next", "truncated"])
     row["next", "done"] = torch.ones_like(row["next", "done"])
@@ -94,13 +96,20 @@ class OnlineTrainer:
 
     # ------------------------------------------------------------------ state
     def save(self) -> None:
-        self.buffer.dumps(self.run_dir.replay)
+        """Checkpoint agent, counters, RNG and replay (memmap + JSON, no pickles)."""
+        replay, staging = self.run_dir.replay, self.run_dir.replay.with_name("replay.tmp")
+        if len(self.buffer):
+            shutil.rmtree(staging, ignore_errors=True)
+            self.buffer.storage.dumps(staging)
+            shutil.rmtree(replay, ignore_errors=True)
+            os.replace(staging, replay)
+        self.counters.last_checkpoint_update = self.counters.updates
         save_checkpoint(self.run_dir.checkpoint, {
             "agent": self.agent.checkpoint_state(),
             "counters": asdict(self.counters),
+            "replay_writer": self.buffer.writer.state_dict(),
             "rng": rng_state(),
         })
-        self.counters.last_checkpoint_update = self.counters.updates
 
     def restore(self) -> bool:
         if not self.run_dir.checkpoint.exists():
@@ -110,7 +119,8 @@ class OnlineTrainer:
         self.counters = Counters(**state["counters"])
         set_rng_state(state["rng"])
         if self.run_dir.replay.exists():
-            self.buffer.loads(self.run_dir.replay)
+            self.buffer.storage.loads(self.run_dir.replay)
+            self.buffer.writer.load_state_dict(state["replay_writer"])
             mark_last_transition_truncated(self.buffer)
         return True
 

@@ -1,0 +1,78 @@
+"""Reporting helpers: learning-curve plots and random-policy baselines.
+
+    python -m coworld_trl.training.report random dmc/walker_walk --episodes 10
+    python -m coworld_trl.training.report curve runs/.../results.jsonl -o curve.png --baseline 35
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import torch
+
+
+def random_policy_returns(env_name: str, *, episodes: int = 10, seed: int = 0) -> list[float]:
+    """Undiscounted returns of uniformly random actions."""
+    from coworld_trl.envs import make_env
+
+    env = make_env(env_name, seed=seed)
+    env.set_seed(seed)
+    torch.manual_seed(seed)
+    returns = []
+    for _ in range(episodes):
+        rollout = env.rollout(100_000, break_when_any_done=True)
+        returns.append(rollout["next", "reward"].sum().item())
+    env.close()
+    return returns
+
+
+def plot_curves(results: list[Path], output: Path, *, baseline: float | None = None, title: str = "") -> None:
+    """Eval return (mean +- std over episodes) against env frames, one line per results file."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for path in results:
+        records = [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+        frames = [r["frames"] for r in records]
+        mean = torch.tensor([r["eval/return_mean"] for r in records])
+        std = torch.tensor([r["eval/return_std"] for r in records])
+        ax.plot(frames, mean, marker="o", label=Path(path).parent.name)
+        ax.fill_between(frames, mean - std, mean + std, alpha=0.2)
+    if baseline is not None:
+        ax.axhline(baseline, color="gray", linestyle="--", label="random policy")
+    ax.set_xlabel("environment frames")
+    ax.set_ylabel("eval return")
+    ax.set_title(title)
+    ax.legend()
+    fig.tight_layout()
+    output.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(output, dpi=120)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m coworld_trl.training.report")
+    sub = parser.add_subparsers(dest="command", required=True)
+    rand = sub.add_parser("random", help="random-policy return of an env")
+    rand.add_argument("env")
+    rand.add_argument("--episodes", type=int, default=10)
+    rand.add_argument("--seed", type=int, default=0)
+    curve = sub.add_parser("curve", help="plot eval returns from results.jsonl files")
+    curve.add_argument("results", nargs="+", type=Path)
+    curve.add_argument("-o", "--output", type=Path, required=True)
+    curve.add_argument("--baseline", type=float)
+    curve.add_argument("--title", default="")
+    args = parser.parse_args(argv)
+    if args.command == "random":
+        returns = torch.tensor(random_policy_returns(args.env, episodes=args.episodes, seed=args.seed))
+        print(json.dumps({"env": args.env, "episodes": args.episodes, "return_mean": returns.mean().item(),
+                          "return_std": returns.std(unbiased=False).item()}))
+    else:
+        plot_curves(args.results, args.output, baseline=args.baseline, title=args.title)
+
+
+if __name__ == "__main__":
+    main()
