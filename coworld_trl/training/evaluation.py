@@ -21,7 +21,8 @@ class Evaluator:
     def __init__(self, env: EnvBase, *, episodes: int = 10, logger: Logger | None = None, video: bool = True):
         self.env, self.episodes = env, episodes
         self.recorder = VideoRecorder(logger, tag="eval/video", in_keys=["pixels"]) if (logger and video) else None
-        self.recording_env = TransformedEnv(env, self.recorder) if self.recorder is not None else None
+        self.recording_env = (TransformedEnv(env, self.recorder, auto_unwrap=False)
+                              if self.recorder is not None else None)
 
     @torch.no_grad()
     def __call__(self, policy, step: int) -> dict[str, float | list[float]]:

@@ -64,7 +64,7 @@ def mark_last_transition_truncated(buffer: ReplayBuffer) -> None:
     if len(storage) == 0:
         return
     last = (buffer.writer.state_dict()["_cursor"] - 1) % storage.max_size
-    row = storage[last]
+    row = storage[last].clone()  # rows read from memmap storage are locked
     row["next", "truncated"] = torch.ones_like(row["next", "truncated"])
     row["next", "done"] = torch.ones_like(row["next", "done"])
     storage[last] = row
@@ -135,8 +135,10 @@ class OnlineTrainer:
         return scalars
 
     def run(self) -> Counters:
-        s, c = self.settings, self.counters
-        if self.restore():
+        s = self.settings
+        restored = self.restore()
+        c = self.counters  # restore() replaces the counters
+        if restored:
             if c.finished:
                 log.info("run in %s is finished (%d frames, %d updates); nothing to do", self.run_dir.path,
                          c.frames, c.updates)

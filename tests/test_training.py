@@ -1,0 +1,335 @@
+"""Tests for coworld_trl.training: checkpoints, RNG state, run directories, config validation and
+the online loop end to end (finish, re-run, kill and resume) on dmc/walker_walk.
+
+The loop tests use a tiny model and a 240-frame run; each evaluation episode is 500 rendered
+agent steps (~12 s), so they evaluate only once, at the end.
+"""
+from __future__ import annotations
+
+import copy
+import csv
+import json
+import logging
+import math
+import random
+from dataclasses import asdict
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from coworld_trl.agents import make_dreamer_agent
+from coworld_trl.training.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from coworld_trl.training.config import (
+    AgentConfig,
+    DreamerConfig,
+    ModelConfig,
+    dreamer_config,
+    from_dict,
+    to_dict,
+    validate,
+)
+from coworld_trl.training.experiment import run_online_dreamer
+from coworld_trl.training.loop import OnlineTrainer
+from coworld_trl.training.run_dir import RunDirectory
+
+TINY_MODEL = dict(stoch=4, classes=4, deter=16, hidden=16, cnn_depth=16, mlp_units=16, reward_layers=1,
+                  actor_layers=1, critic_layers=1)
+LOOP_MODEL = dict(stoch=4, classes=4, deter=32, hidden=32, cnn_depth=16, mlp_units=32)
+
+
+# ====================================================================== checkpoints
+def tiny_dreamer(seed: int, **agent_overrides):
+    torch.manual_seed(seed)
+    agent_config = AgentConfig(**{"horizon": 3, "slow_critic_interval": 3, **agent_overrides})
+    return make_dreamer_agent(ModelConfig(**TINY_MODEL), agent_config, action_dim=2)
+
+
+def assert_tree_equal(a, b, path="state"):
+    """Recursive exact equality of nested dicts/lists of tensors and plain values."""
+    if isinstance(a, torch.Tensor):
+        assert isinstance(b, torch.Tensor) and torch.equal(a, b), f"{path} differs"
+    elif isinstance(a, dict):
+        assert a.keys() == b.keys(), f"{path} keys differ"
+        for key in a:
+            assert_tree_equal(a[key], b[key], f"{path}.{key}")
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b), f"{path} lengths differ"
+        for i, (x, y) in enumerate(zip(a, b)):
+            assert_tree_equal(x, y, f"{path}[{i}]")
+    else:
+        assert a == b, f"{path}: {a!r} != {b!r}"
+
+
+def test_checkpoint_round_trip_restores_agent_exactly(tmp_path, make_batch):
+    """Weights, slow critic, optimiser moments and the slow-critic counter survive save/load into an agent
+    built from another seed, and the next update is bit-identical in both agents."""
+    batch = make_batch(2, 6)
+    agent = tiny_dreamer(seed=0)
+    agent.update(batch.clone())
+    path = tmp_path / "agent.pt"
+    save_checkpoint(path, agent.checkpoint_state())
+    assert path.exists() and not path.with_suffix(".pt.tmp").exists()
+
+    fresh = tiny_dreamer(seed=1)
+    slow, fresh_slow = agent.value_loss.target_value_network_params, fresh.value_loss.target_value_network_params
+    assert not all(torch.equal(x, y) for x, y in zip(slow.values(True, True), fresh_slow.values(True, True)))
+    fresh.load_checkpoint_state(load_checkpoint(path))
+
+    for (name, p), (name2, q) in zip(agent.named_parameters(), fresh.named_parameters()):
+        assert name == name2 and torch.equal(p, q), name
+    for (name, p), (_, q) in zip(agent.state_dict().items(), fresh.state_dict().items()):
+        assert torch.equal(p, q), name
+    # the slow critic lags the critic after one update and is restored as such
+    critic = agent.value_loss.value_network_params
+    assert not all(torch.equal(x, y) for x, y in zip(slow.values(True, True), critic.values(True, True)))
+    for x, y in zip(slow.values(True, True), fresh_slow.values(True, True)):
+        assert torch.equal(x, y)
+    for name, opt in agent.optimizers.items():
+        state = opt.state_dict()
+        assert state["state"], f"{name} optimiser has no moments after an update"
+        assert_tree_equal(state, fresh.optimizers[name].state_dict(), f"optimizers.{name}")
+    assert agent.target_updater.counter == fresh.target_updater.counter == 1
+
+    losses = []
+    for a in (agent, fresh):
+        torch.manual_seed(123)
+        losses.append(a.update(batch.clone()))
+    for key, value in losses[0].items():
+        assert torch.equal(value, losses[1][key]), key
+    assert all(torch.isfinite(v).all() for v in losses[0].values())
+    for p, q in zip(agent.parameters(), fresh.parameters()):
+        assert torch.equal(p, q)
+    assert agent.target_updater.counter == fresh.target_updater.counter == 2
+
+
+def test_load_checkpoint_corrupt_file_raises_naming_path(tmp_path):
+    """A truncated or foreign checkpoint raises RuntimeError naming the file (not an unpickling trace)."""
+    good = tmp_path / "good.pt"
+    save_checkpoint(good, {"x": torch.arange(3)})
+    bad = tmp_path / "corrupt.pt"
+    bad.write_bytes(good.read_bytes()[:20])
+    with pytest.raises(RuntimeError, match="corrupt.pt"):
+        load_checkpoint(bad)
+    text = tmp_path / "text.pt"
+    text.write_text("not a checkpoint")
+    with pytest.raises(RuntimeError, match="cannot read checkpoint .*text.pt"):
+        load_checkpoint(text)
+    assert torch.equal(load_checkpoint(good)["x"], torch.arange(3))
+
+
+def test_rng_state_round_trip_reproduces_draws(tmp_path):
+    """rng_state/set_rng_state (through a weights-only checkpoint) replays torch, numpy and python draws."""
+    random.seed(5), np.random.seed(5), torch.manual_seed(5)
+    np.random.randn()  # leaves a cached gaussian in numpy's state
+    save_checkpoint(tmp_path / "rng.pt", {"rng": rng_state()})
+
+    def draws():
+        return (random.random(), random.randrange(10**9), np.random.rand(3).tolist(), np.random.randn(),
+                torch.rand(3).tolist(), torch.randn(2).tolist())
+
+    first = draws()
+    assert first != draws()
+    set_rng_state(load_checkpoint(tmp_path / "rng.pt")["rng"])
+    assert draws() == first
+
+
+# ===================================================================== run directory
+def test_run_directory_refuses_a_different_config(tmp_path):
+    """config.yaml is written once; the same config reopens the folder; a different one is refused
+    with 'different run' and the differing key."""
+    config = to_dict(dreamer_config("quick", output_dir=str(tmp_path)))
+    run = RunDirectory(tmp_path, config)
+    assert yaml.safe_load((tmp_path / "config.yaml").read_text()) == config
+    assert run.read_results() == []
+    run.append_result({"frames": 10, "eval/return_mean": 1.5})
+
+    again = RunDirectory(tmp_path, copy.deepcopy(config))
+    assert again.read_results() == [{"frames": 10, "eval/return_mean": 1.5}]
+
+    changed = copy.deepcopy(config)
+    changed["data"]["batch_size"] = 7
+    with pytest.raises(ValueError, match="different run") as info:
+        RunDirectory(tmp_path, changed)
+    assert "data.batch_size" in str(info.value) and "7" in str(info.value)
+    assert yaml.safe_load((tmp_path / "config.yaml").read_text()) == config  # not overwritten
+
+
+# ======================================================================== validate()
+@pytest.mark.parametrize(
+    "overrides, named",
+    [
+        (dict(data=dict(batch_size=0)), "data.batch_size=0"),
+        (dict(data=dict(seq_len=1)), "data.seq_len=1"),
+        (dict(data=dict(seq_len=600)), "data.seq_len=600"),  # 1000 frames / repeat 2 = 500 steps
+        (dict(env=dict(action_repeat=4), data=dict(seq_len=251)), "data.seq_len=251"),
+        (dict(data=dict(buffer_capacity=10)), "data.buffer_capacity=10"),
+        (dict(train=dict(total_frames=100, prefill_frames=100)), "train.total_frames=100"),
+        (dict(train=dict(train_every=0)), "train.train_every=0"),
+        (dict(model=dict(latent="beta")), "model.latent='beta'"),
+        (dict(eval=dict(episodes=0)), "eval.episodes=0"),
+    ],
+)
+def test_validate_rejects_impossible_values(overrides, named):
+    """validate() raises a one-line ValueError that names the bad value."""
+    config = dreamer_config("quick", **overrides)
+    with pytest.raises(ValueError) as info:
+        validate(config)
+    assert named in str(info.value) and "\n" not in str(info.value)
+
+
+def test_validate_accepts_presets_and_episode_length_boundary():
+    """Every preset validates; seq_len equal to a DMC episode (500 steps at repeat 2) is allowed."""
+    for preset in ("paper", "reference", "quick"):
+        validate(dreamer_config(preset))
+    validate(dreamer_config("quick", data=dict(seq_len=500)))
+
+
+def test_config_unknown_preset_or_key_is_refused():
+    """dreamer_config / from_dict name an unknown preset or key (and list valid ones)."""
+    with pytest.raises(ValueError, match="'fast'.*quick"):
+        dreamer_config("fast")
+    with pytest.raises(ValueError, match="'batchsize'.*batch_size"):
+        dreamer_config("quick", data=dict(batchsize=3))
+    with pytest.raises(ValueError, match="'optimizer'"):
+        dreamer_config("quick", optimizer=dict(lr=1))
+    with pytest.raises(ValueError, match="'deterr'"):
+        from_dict(DreamerConfig, {"model": {"deterr": 3}})
+    assert from_dict(DreamerConfig, to_dict(dreamer_config("quick"))) == dreamer_config("quick")
+
+
+# ===================================================================== online loop
+def loop_config(output_dir, **train):
+    return dreamer_config(
+        "quick",
+        model=LOOP_MODEL,
+        data=dict(batch_size=2, seq_len=8, buffer_capacity=1_000),
+        train={**dict(total_frames=240, prefill_frames=100, train_every=5, updates_per_train=1, device="cpu"), **train},
+        eval=dict(every_updates=10**6, episodes=1),
+        logger=dict(checkpoint_every_updates=5),
+        output_dir=str(output_dir),
+    )
+
+
+def expected_updates(config: DreamerConfig) -> int:
+    """loop.py: one collector batch = train_every agent steps = train_every * action_repeat frames; after
+    each batch, if frames >= prefill_frames, updates_per_train updates run."""
+    t = config.train
+    frames_per_batch = t.train_every * config.env.action_repeat
+    batches = t.total_frames // frames_per_batch
+    first_training_batch = math.ceil(t.prefill_frames / frames_per_batch)
+    return (batches - first_training_batch + 1) * t.updates_per_train
+
+
+def test_online_loop_end_to_end_then_rerun_is_a_no_op(tmp_path, caplog):
+    """A tiny run finishes with the exact frame/update counts, writes results, config, checkpoint, CSV
+    scalars and an mp4; re-running the finished run does nothing and returns the same counters."""
+    caplog.set_level(logging.INFO, logger="coworld_trl")
+    config = loop_config(tmp_path, updates_per_train=2)
+    counters = run_online_dreamer(config)
+
+    assert counters.finished
+    assert counters.frames == config.train.total_frames == 240
+    assert counters.updates == expected_updates(config) == 30
+    assert counters.last_eval_update == counters.last_checkpoint_update == counters.updates
+    results = [json.loads(line) for line in (tmp_path / "results.jsonl").read_text().splitlines()]
+    assert len(results) == 1  # eval.every_updates is huge: only the final evaluation
+    record = results[0]
+    assert record["frames"] == 240 and record["updates"] == 30
+    assert math.isfinite(record["eval/return_mean"]) and record["eval/returns"] == [record["eval/return_mean"]]
+    assert yaml.safe_load((tmp_path / "config.yaml").read_text()) == to_dict(config)
+    saved = load_checkpoint(tmp_path / "checkpoint.pt")
+    assert saved["counters"] == asdict(counters)
+    videos = list((tmp_path / "logs").rglob("*.mp4"))
+    assert len(videos) == 1 and videos[0].stat().st_size > 1000
+    with open(tmp_path / "logs" / "scalars" / "eval" / "return_mean.csv") as f:
+        rows = list(csv.reader(f))
+    assert [int(float(rows[-1][0])), float(rows[-1][1])] == [240, pytest.approx(record["eval/return_mean"])]
+
+    caplog.clear()
+    again = run_online_dreamer(copy.deepcopy(config))
+    assert asdict(again) == asdict(counters)
+    assert "finished" in caplog.text
+    assert (tmp_path / "results.jsonl").read_text().count("\n") == 1
+    assert len(list((tmp_path / "logs").rglob("*.mp4"))) == 1
+
+
+class Killed(Exception):
+    """Stands in for a SIGKILL right after a checkpoint."""
+
+
+def test_online_loop_resumes_after_a_kill(tmp_path, monkeypatch, caplog):
+    """A run killed after its first checkpoint resumes from that checkpoint's counters (not from 0) with its
+    replay, closes the interrupted episode (truncated), keeps appending after it and finishes exactly."""
+    caplog.set_level(logging.INFO, logger="coworld_trl")
+    config = loop_config(tmp_path)
+    saves, restores = [], []
+    kill = {"armed": True}
+    original_save, original_restore = OnlineTrainer.save, OnlineTrainer.restore
+
+    def last_row(trainer):
+        cursor = trainer.buffer.writer.state_dict()["_cursor"]
+        return cursor, trainer.buffer.storage[(cursor - 1) % trainer.buffer.storage.max_size]
+
+    def save(self):
+        original_save(self)
+        cursor, row = last_row(self)
+        saves.append(dict(counters=asdict(self.counters), length=len(self.buffer), cursor=cursor,
+                          truncated=bool(row["next", "truncated"]), done=bool(row["next", "done"])))
+        if kill["armed"]:
+            kill["armed"] = False
+            raise Killed
+
+    def restore(self):
+        resumed = original_restore(self)
+        if resumed:
+            cursor, row = last_row(self)
+            previous = self.buffer.storage[(cursor - 2) % self.buffer.storage.max_size]
+            restores.append(dict(counters=asdict(self.counters), length=len(self.buffer), cursor=cursor,
+                                 truncated=bool(row["next", "truncated"]), done=bool(row["next", "done"]),
+                                 previous_done=bool(previous["next", "done"])))
+        return resumed
+
+    monkeypatch.setattr(OnlineTrainer, "save", save)
+    monkeypatch.setattr(OnlineTrainer, "restore", restore)
+
+    with pytest.raises(Killed):
+        run_online_dreamer(config)
+    killed = saves[-1]
+    assert killed["counters"]["updates"] == 5 and killed["counters"]["frames"] == 140
+    assert killed["length"] == 70 and not killed["truncated"] and not killed["done"]
+    assert not (tmp_path / "results.jsonl").exists()
+    assert load_checkpoint(tmp_path / "checkpoint.pt")["counters"] == killed["counters"]
+
+    counters = run_online_dreamer(copy.deepcopy(config))
+
+    assert len(restores) == 1
+    resumed = restores[0]
+    assert resumed["counters"] == killed["counters"]  # started from the checkpoint, not from 0
+    assert "resuming" in caplog.text and "140 frames, 5 updates" in caplog.text
+    assert resumed["length"] >= killed["length"] and resumed["cursor"] == killed["cursor"]
+    assert resumed["truncated"] and resumed["done"], "the interrupted episode was not closed"
+    assert not resumed["previous_done"]  # only the last transition is marked
+    assert counters.finished and counters.frames == config.train.total_frames
+    assert counters.updates == expected_updates(config) == 15
+    final = saves[-1]
+    assert final["counters"] == asdict(counters)
+    assert final["length"] == config.train.total_frames // config.env.action_repeat  # appended, nothing overwritten
+    results = [json.loads(line) for line in (tmp_path / "results.jsonl").read_text().splitlines()]
+    assert [(r["frames"], r["updates"]) for r in results] == [(240, 15)]
+
+
+# =========================================================================== GPU
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_agent_update_on_cuda_with_autocast(make_batch):
+    """One bf16-autocast update on CUDA gives finite losses and keeps float32 parameters on the GPU."""
+    agent = make_dreamer_agent(ModelConfig(**TINY_MODEL), AgentConfig(horizon=3), action_dim=2, device="cuda",
+                               autocast=True)
+    before = [p.detach().clone() for p in agent.parameters()]
+    losses = agent.update(make_batch(2, 6).to("cuda"))
+    for key, value in losses.items():
+        assert value.is_cuda and torch.isfinite(value).all(), key
+    assert all(p.is_cuda and p.dtype == torch.float32 for p in agent.parameters())
+    assert any(not torch.equal(p, q) for p, q in zip(agent.parameters(), before))
