@@ -22,7 +22,51 @@ _CHANNELS_LAST = torch.channels_last
 
 def pixels_to_float(pixels: torch.Tensor) -> torch.Tensor:
     """uint8 ``[0, 255]`` pixels to float ``[-0.5, 0.5]`` (DreamerV2's scaling)."""
+    if pixels.dtype == torch.uint8:
+        # Same ops as ``pixels.float() / 255.0 - 0.5``, in place on the fresh float copy.
+        return pixels.float().div_(255.0).sub_(0.5)
     return pixels.float() / 255.0 - 0.5
+
+
+def _run_conv_stack(layers: nn.Sequential, x: torch.Tensor) -> torch.Tensor:
+    """Apply a conv/ELU ``Sequential``, with the ELUs in place.
+
+    Each ELU reads a fresh convolution output, which no backward needs (convolutions save
+    their input), so overwriting it is safe; it saves a large allocation per layer and its
+    backward reuses the output instead of recomputing ``exp``.
+    """
+    for layer in layers:
+        x = F.elu(x, layer.alpha, inplace=True) if isinstance(layer, nn.ELU) else layer(x)
+    return x
+
+
+def _conv_transpose2d_stride2(x: torch.Tensor, conv: nn.ConvTranspose2d) -> torch.Tensor:
+    """``conv(x)`` for a stride-2, unpadded ``ConvTranspose2d``, as one ordinary convolution.
+
+    Output pixel ``2a + p`` only sees kernel taps ``p, p + 2, ...``: the four output parities
+    are convolutions of ``x`` with the (flipped) sub-kernels, computed together as one
+    convolution with ``4 * c_out`` channels and interleaved (a pixel shuffle). Odd kernels
+    are padded with a zero tap and the extra output row/column is cropped. Same sums, in a
+    layout oneDNN runs much faster for few output channels (the RGB layer).
+    """
+    weight, bias = conv.weight, conv.bias
+    c_in, c_out, kh, kw = weight.shape
+    ph, pw = kh % 2, kw % 2
+    if ph or pw:
+        weight = F.pad(weight, (0, pw, 0, ph))
+    mh, mw = (kh + ph) // 2, (kw + pw) // 2
+    # weight[c, o, 2s + py, 2t + px] -> w[o, py, px, c, mh - 1 - s, mw - 1 - t]
+    w = weight.reshape(c_in, c_out, mh, 2, mw, 2).flip(2, 4).permute(1, 3, 5, 0, 2, 4)
+    w = w.reshape(4 * c_out, c_in, mh, mw)
+    b = bias.repeat_interleave(4) if bias is not None else None
+    if x.is_contiguous(memory_format=_CHANNELS_LAST):
+        w = w.contiguous(memory_format=_CHANNELS_LAST)
+    y = F.conv2d(x, w, b, padding=(mh - 1, mw - 1))
+    # pixel_shuffle(y, 2), as one strided copy (about 2x faster on channels-last y).
+    n, _, h, w_ = y.shape
+    out = y.view(n, c_out, 2, 2, h, w_).permute(0, 1, 4, 2, 5, 3).reshape(n, c_out, 2 * h, 2 * w_)
+    oh, ow = (x.shape[-2] - 1) * 2 + kh, (x.shape[-1] - 1) * 2 + kw
+    return out[..., :oh, :ow] if (ph or pw) else out
 
 
 class ConvEncoder(nn.Module):
@@ -50,7 +94,7 @@ class ConvEncoder(nn.Module):
             # oneDNN's convolutions are faster on NHWC activations (no layout reorders).
             x = x.contiguous(memory_format=_CHANNELS_LAST)
         x = pixels_to_float(x) if x.dtype == torch.uint8 else x
-        return self.net(x).reshape(*lead, self.embed_dim)
+        return _run_conv_stack(self.net, x).reshape(*lead, self.embed_dim)
 
 
 class ConvDecoder(nn.Module):
@@ -79,14 +123,35 @@ class ConvDecoder(nn.Module):
         x = torch.addmm(first.bias.repeat_interleave(kh * kw), x, first.weight.flatten(1)).view(-1, c_out, kh, kw)
         if x.device.type == "cpu":
             x = x.contiguous(memory_format=_CHANNELS_LAST)
-        out = self.net[1:](x)
+            out = _run_conv_stack(self.net[1:-1], x)
+            out = _conv_transpose2d_stride2(out, self.net[-1])
+        else:
+            out = _run_conv_stack(self.net[1:], x)
         return out.reshape(*lead, *out.shape[1:])
+
+
+class _FlatMLP(MLP):
+    """TorchRL's ``MLP`` run on a 2-D view of the input (same modules, same state dict).
+
+    A linear layer on a ``[N, T, F]`` input returns a view of a 2-D product; an in-place
+    activation on that view makes autograd copy the whole gradient back through
+    ``CopySlices``. Flattening first keeps every activation a plain tensor.
+    """
+
+    def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
+        x = torch.cat(inputs, -1) if len(inputs) > 1 else inputs[0]
+        if x.dim() == 2:
+            return super().forward(x)
+        out = super().forward(x.reshape(-1, x.shape[-1]))
+        return out.reshape(*x.shape[:-1], *out.shape[1:])
 
 
 def mlp(in_features: int, out_features: int, *, layers: int, units: int) -> MLP:
     """DreamerV2 MLP: ``layers`` hidden ELU layers of ``units``, then a linear output."""
-    return MLP(in_features=in_features, out_features=out_features, depth=layers, num_cells=units,
-               activation_class=nn.ELU)
+    # In-place ELU: it reads a fresh linear output, which no backward needs (and its
+    # backward then reuses the output instead of recomputing exp).
+    return _FlatMLP(in_features=in_features, out_features=out_features, depth=layers, num_cells=units,
+                    activation_class=nn.ELU, activation_kwargs={"inplace": True})
 
 
 class MLPEncoder(nn.Module):
@@ -299,8 +364,13 @@ class Actor(nn.Module):
         self.init_std = math.log(math.exp(1.0) - 1.0) + init_std if dist == "tanh_normal" else init_std
         self.net = mlp(feature_dim, 2 * action_dim, layers=layers, units=units)
 
-    def forward(self, features: torch.Tensor):
-        mean, std = self.net(features).chunk(2, -1)
+    def params(self, features: torch.Tensor) -> torch.Tensor:
+        """Raw distribution parameters ``[..., 2 * action_dim]``."""
+        return self.net(features)
+
+    def distribution(self, params: torch.Tensor):
+        """The action distribution for :meth:`params` output."""
+        mean, std = params.chunk(2, -1)
         if self.dist_kind == "trunc_normal":
             loc = torch.tanh(mean)
             scale = 2 * torch.sigmoid(std / 2) + self.min_std
@@ -308,6 +378,9 @@ class Actor(nn.Module):
         loc = 5 * torch.tanh(mean / 5)
         scale = nn.functional.softplus(std + self.init_std) + self.min_std
         return TanhNormal(loc, scale, low=-1.0, high=1.0, upscale=1.0, tanh_loc=False)
+
+    def forward(self, features: torch.Tensor):
+        return self.distribution(self.params(features))
 
 
 def normal_nll(mean: torch.Tensor, target: torch.Tensor, event_dims: int = 0) -> torch.Tensor:

@@ -44,6 +44,8 @@ class ActorLoss(LossModule):
 
         Attributes:
             features, action: imagined states and actions.
+            policy_params: the actor's distribution parameters written by ``imagine``
+                (reused instead of a second actor pass; recomputed when absent).
             value_target: lambda-return (with graph).
             state_value: slow-critic baseline.
             weight: cumulative discount.
@@ -51,6 +53,7 @@ class ActorLoss(LossModule):
 
         features: str = "features"
         action: str = "action"
+        policy_params: str = "policy_params"
         value_target: str = "value_target"
         state_value: str = "state_value"
         weight: str = "weight"
@@ -69,7 +72,10 @@ class ActorLoss(LossModule):
     def forward(self, imagined: TensorDictBase) -> TensorDict:
         keys = self.tensor_keys
         target = imagined.get(keys.value_target)
-        dist = self.actor(imagined.get(keys.features).detach())
+        params = imagined.get(keys.policy_params, None)
+        if params is None:
+            params = self.actor.params(imagined.get(keys.features).detach())
+        dist = self.actor.distribution(params)
         entropy = policy_entropy(dist)
         objective = self.entropy_scale * entropy
         if self.rho > 0:

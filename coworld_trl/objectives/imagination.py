@@ -22,7 +22,6 @@ from torchrl.objectives.value.functional import td_lambda_return_estimate
 
 from coworld_trl.modules.world_model import WorldModel
 
-
 def imagine(
     world_model: WorldModel,
     actor: torch.nn.Module,
@@ -39,7 +38,7 @@ def imagine(
 
     Args:
         world_model: provides the RSSM prior, reward head and optional discount head.
-        actor: maps features to an action distribution with ``rsample``.
+        actor: an :class:`~coworld_trl.modules.Actor` (``params`` and ``distribution``).
         stoch, deter: ``[N, ...]`` start states (posterior states, detached).
 
     Keyword Args:
@@ -48,29 +47,37 @@ def imagine(
             when the model has one.
 
     Returns:
-        TensorDict ``[N, H]`` with ``features``, ``action`` and ``("next", ...)``
+        TensorDict ``[N, H]`` with ``features``, ``action``, ``policy_params`` (the
+        actor's distribution parameters at each state, with their graph, so the actor loss
+        needs no second actor pass) and ``("next", ...)``
         ``features``, ``reward``, ``discount``.
     """
     rssm = world_model.rssm
     stoch, deter = stoch.detach().flatten(0, -2), deter.detach().flatten(0, -2)
-    features, actions = [rssm.features(stoch, deter)], []
+    features, actions, policy_params = [rssm.features(stoch, deter)], [], []
     with hold_out_net(world_model):
         for _ in range(horizon):
-            action = actor(features[-1].detach()).rsample()
+            params = actor.params(features[-1].detach())
+            action = actor.distribution(params).rsample()
+            policy_params.append(params)
             deter, _, stoch = rssm.img_step(stoch, deter, action)
             actions.append(action)
             features.append(rssm.features(stoch, deter))
         features = torch.stack(features, 1)
         next_features = features[:, 1:]
-        reward = world_model.reward_head(next_features)
+        # The heads read a contiguous copy: a strided [N, H, F] input makes the linear
+        # layers fall back to batched matmuls with expanded weights.
+        heads_in = next_features.contiguous()
+        reward = world_model.reward_head(heads_in)
         if world_model.discount_head is not None:
-            discount = gamma * torch.sigmoid(world_model.discount_head(next_features))
+            discount = gamma * torch.sigmoid(world_model.discount_head(heads_in))
         else:
             discount = torch.full_like(reward, gamma)
     n = features.shape[0]
     return TensorDict(
         features=features[:, :-1],
         action=torch.stack(actions, 1),
+        policy_params=torch.stack(policy_params, 1),
         next=TensorDict(features=next_features, reward=reward, discount=discount, batch_size=[n, horizon]),
         batch_size=[n, horizon],
     )

@@ -90,11 +90,13 @@ class ValueLoss(LossModule):
         """Write the lambda-return, the slow value of each state and the step weights."""
         keys = self.tensor_keys
         discount = imagined.get(keys.discount)
-        target = lambda_return(
-            imagined.get(keys.reward), self.slow_value(imagined.get(keys.next_features)), discount, self.lmbda
-        )
+        features, next_features = imagined.get(keys.features), imagined.get(keys.next_features)
+        # s_0..s_{H-1} and s_1..s_H share H-1 states: one slow-critic pass over s_0..s_H.
+        values = self.slow_value(torch.cat([features[:, :1], next_features], 1))
+        state_value, next_value = values[:, :-1], values[:, 1:]
+        target = lambda_return(imagined.get(keys.reward), next_value, discount, self.lmbda)
         imagined.set(keys.value_target, target)
-        imagined.set(keys.state_value, self.slow_value(imagined.get(keys.features)))
+        imagined.set(keys.state_value, state_value)
         imagined.set(keys.weight, discount_weights(discount))
         return imagined
 

@@ -123,9 +123,9 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
                       reward_layers=2, actor_layers=2, critic_layers=2),
         "agent": dict(model_lr=3e-4, actor_lr=1e-4, critic_lr=1e-4, gamma=0.99),
         "data": dict(batch_size=16, seq_len=32, buffer_capacity=200_000),
-        "train": dict(total_frames=100_000, prefill_frames=2_000, train_every=5),
-        "eval": dict(every_updates=1_000, episodes=3),
-        "logger": dict(checkpoint_every_updates=1_000),
+        "train": dict(total_frames=30_000, prefill_frames=2_000, train_every=5),
+        "eval": dict(every_updates=500, episodes=3),
+        "logger": dict(checkpoint_every_updates=500),
     },
 }
 

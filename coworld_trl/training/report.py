@@ -40,8 +40,13 @@ def plot_curves(results: list[Path], output: Path, *, baseline: float | None = N
         frames = [r["frames"] for r in records]
         mean = torch.tensor([r["eval/return_mean"] for r in records])
         std = torch.tensor([r["eval/return_std"] for r in records])
-        ax.plot(frames, mean, marker="o", label=Path(path).parent.name)
-        ax.fill_between(frames, mean - std, mean + std, alpha=0.2)
+        line, = ax.plot(frames, mean, marker="o", label=f"{Path(path).parent.name} eval")
+        ax.fill_between(frames, mean - std, mean + std, alpha=0.2, color=line.get_color())
+        train_csv = Path(path).parent / "logs" / "scalars" / "train" / "episode_return.csv"
+        if train_csv.exists():
+            steps, values = zip(*(map(float, row.split(",")) for row in train_csv.read_text().split()))
+            ax.plot(steps, values, linewidth=0.8, alpha=0.6, color=line.get_color(), linestyle=":",
+                    label=f"{Path(path).parent.name} training episodes")
     if baseline is not None:
         ax.axhline(baseline, color="gray", linestyle="--", label="random policy")
     ax.set_xlabel("environment frames")
