@@ -5,7 +5,6 @@ import math
 
 import pytest
 import torch
-from tensordict import TensorDict
 from torch import distributions as D
 
 from coworld_trl.modules import (

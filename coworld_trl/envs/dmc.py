@@ -18,7 +18,7 @@ class PixelActionRepeat(pixels.Wrapper):
     that type; none of the parent's rendering runs (its ``__init__`` is not called).
     """
 
-    def __init__(self, env, *, repeat: int, image_size: int, camera_id: int = 0):  # noqa: super-init-not-called
+    def __init__(self, env, *, repeat: int, image_size: int, camera_id: int = 0):
         self._env, self._repeat = env, repeat
         self._render_kwargs = dict(height=image_size, width=image_size, camera_id=camera_id)
         self._pixels_spec = specs.Array((image_size, image_size, 3), np.uint8, name="pixels")

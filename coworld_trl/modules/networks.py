@@ -15,7 +15,7 @@ from torch import nn
 from torch.distributions import constraints
 from torch.distributions.utils import broadcast_all
 from torch.nn import functional as F
-from torchrl.modules import MLP, TanhNormal, TruncatedNormal  # noqa: F401  (TruncatedNormal: reference for TruncNormal)
+from torchrl.modules import MLP, TanhNormal
 
 _CHANNELS_LAST = torch.channels_last
 
