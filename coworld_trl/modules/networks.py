@@ -6,26 +6,19 @@ modules themselves stay tensor-in/tensor-out so the hot loops carry no dict over
 from __future__ import annotations
 
 import math
-import functools
-from numbers import Number
 from typing import Literal
 
 import torch
 from torch import nn
-from torch.distributions import constraints
-from torch.distributions.utils import broadcast_all
 from torch.nn import functional as F
-from torchrl.modules import MLP, TanhNormal
+from torchrl.modules import MLP, TanhNormal, TruncatedNormal
 
 _CHANNELS_LAST = torch.channels_last
 
 
 def pixels_to_float(pixels: torch.Tensor) -> torch.Tensor:
     """uint8 ``[0, 255]`` pixels to float ``[-0.5, 0.5]`` (DreamerV2's scaling)."""
-    if pixels.dtype == torch.uint8:
-        # Same ops as ``pixels.float() / 255.0 - 0.5``, in place on the fresh float copy.
-        return pixels.float().div_(255.0).sub_(0.5)
-    return pixels.float() / 255.0 - 0.5
+    return pixels.float().div_(255.0).sub_(0.5)  # in place on the fresh float copy
 
 
 def _run_conv_stack(layers: nn.Sequential, x: torch.Tensor) -> torch.Tensor:
@@ -188,146 +181,6 @@ class ScalarHead(nn.Module):
         return self.net(features).squeeze(-1)
 
 
-def _grad_mode_cached(fn):
-    """Cache a method's result per distribution and per grad mode.
-
-    A value first computed under ``no_grad`` (e.g. by ``sample()``) has no graph, so it is
-    not reused when gradients are enabled later (e.g. by ``log_prob``).
-    """
-
-    @functools.wraps(fn)
-    def wrapper(self):
-        key = (fn.__name__, torch.is_grad_enabled())
-        cache = self.__dict__.setdefault("_cache", {})
-        if key not in cache:
-            cache[key] = fn(self)
-        return cache[key]
-
-    return property(wrapper)
-
-
-_SQRT_2 = math.sqrt(2)
-_INV_SQRT_2 = 1 / math.sqrt(2)
-_INV_SQRT_2PI = 1 / math.sqrt(2 * math.pi)
-_LOG_INV_SQRT_2PI = math.log(_INV_SQRT_2PI)
-_LOG_SQRT_2PI_E = 0.5 * math.log(2 * math.pi * math.e)
-
-
-class TruncNormal(torch.distributions.Distribution):
-    """Normal ``(loc, scale)`` truncated to ``[low, high]``, independent over the last dim.
-
-    The same distribution, with the same values, gradients and random stream, as
-    ``torchrl.modules.TruncatedNormal(loc, scale, low=low, high=high, tanh_loc=False)``
-    (``rsample``, ``sample``, ``log_prob``, ``entropy``, ``mean``, ``variance``, ``mode``,
-    ``deterministic_sample``), written as plain tensor ops: the quantities are computed
-    when first used (and cached) rather than all at construction, and nothing reads tensors back to the
-    host (TorchRL's constructor and ``log_prob`` each synchronise once), which matters in
-    the imagination loop where a distribution is built and sampled every step.
-
-    As in TorchRL, ``scale`` is clamped at ``1e-6``; a sample keeps the gradient of the
-    unclipped reparameterised value while its value is clipped to ``[low, high]``;
-    ``log_prob`` clamps the value ``1e-6`` inside the bounds and is ``-inf`` outside them.
-    """
-
-    arg_constraints = {"loc": constraints.real, "scale": constraints.greater_than(1e-6)}
-    has_rsample = True
-    eps = 1e-6
-
-    def __init__(self, loc: torch.Tensor, scale: torch.Tensor, low: float | torch.Tensor = -1.0,
-                 high: float | torch.Tensor = 1.0):
-        if isinstance(low, Number) and isinstance(high, Number) and not high > low:
-            raise RuntimeError("TruncNormal high values must be strictly greater than low values")
-        self.loc, self.scale = loc, scale
-        self.low = torch.as_tensor(low, device=loc.device, dtype=loc.dtype)
-        self.high = torch.as_tensor(high, device=loc.device, dtype=loc.dtype)
-        shape = torch.broadcast_shapes(loc.shape, scale.shape)
-        super().__init__(shape[:-1], shape[-1:], validate_args=False)
-
-    # ------------------------------------------------- standardised parameters
-    @_grad_mode_cached
-    def _params(self) -> tuple[torch.Tensor, ...]:
-        """``(loc, scale, a, b, alpha, beta)`` broadcast, with the clamped scale."""
-        scale = self.scale.clamp_min(self.eps)
-        loc, scale, a, b = broadcast_all(self.loc, scale, self.low.expand_as(self.loc), self.high.expand_as(scale))
-        return loc, scale, a, b, (a - loc) / scale, (b - loc) / scale
-
-    @staticmethod
-    def _little_phi(x: torch.Tensor) -> torch.Tensor:
-        return (-(x**2) * 0.5).exp() * _INV_SQRT_2PI
-
-    def _big_phi(self, x: torch.Tensor) -> torch.Tensor:
-        return (0.5 * (1 + (x * _INV_SQRT_2).erf())).clamp(self.eps, 1 - self.eps)
-
-    @_grad_mode_cached
-    def _big_phi_a(self) -> torch.Tensor:
-        return self._big_phi(self._params[4])
-
-    @_grad_mode_cached
-    def _Z(self) -> torch.Tensor:
-        return (self._big_phi(self._params[5]) - self._big_phi_a).clamp(self.eps, 1 - self.eps)
-
-    @_grad_mode_cached
-    def _log_Z(self) -> torch.Tensor:
-        return self._Z.log()
-
-    @_grad_mode_cached
-    def _log_scale(self) -> torch.Tensor:
-        return self._params[1].log()
-
-    @_grad_mode_cached
-    def _moments(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """``(little_phi_b - little_phi_a, (little_phi_b b - little_phi_a a) / Z)`` of the standard normal."""
-        alpha, beta = self._params[4:]
-        phi_a, phi_b = self._little_phi(alpha), self._little_phi(beta)
-        return phi_b - phi_a, (phi_b * beta - phi_a * alpha) / self._Z
-
-    # ------------------------------------------------------------- statistics
-    @property
-    def support(self):
-        return constraints.independent(constraints.interval(self.low, self.high), 1)
-
-    @property
-    def mean(self) -> torch.Tensor:
-        loc, scale = self._params[:2]
-        return (-self._moments[0] / self._Z) * scale + loc
-
-    @property
-    def variance(self) -> torch.Tensor:
-        d_phi, lpbb_m_lpaa_d_z = self._moments
-        return (1 - lpbb_m_lpaa_d_z - (d_phi / self._Z) ** 2) * self._params[1] ** 2
-
-    @property
-    def mode(self) -> torch.Tensor:
-        loc, _, a, b = self._params[:4]
-        return torch.clamp(loc, a + self.eps, b - self.eps)
-
-    @property
-    def deterministic_sample(self) -> torch.Tensor:
-        return self.mean
-
-    def entropy(self) -> torch.Tensor:
-        entropy = _LOG_SQRT_2PI_E + self._log_Z - 0.5 * self._moments[1]
-        return (entropy + self._log_scale).sum(-1)
-
-    # --------------------------------------------------------------- sampling
-    def rsample(self, sample_shape: torch.Size | tuple = torch.Size()) -> torch.Tensor:
-        loc, scale, a, b, alpha, _ = self._params
-        p = alpha.new_empty(self._extended_shape(sample_shape)).uniform_(self.eps, 1 - self.eps)
-        y = (self._big_phi_a + p * self._Z).clamp(self.eps, 1 - self.eps)
-        sample = (_SQRT_2 * (2 * y - 1).erfinv()) * scale + loc
-        # Clip the value into [low, high] but keep the gradient of the unclipped sample.
-        sample.data.copy_(torch.minimum(torch.maximum(sample.detach(), a.detach()), b.detach()))
-        return sample
-
-    def log_prob(self, value: torch.Tensor) -> torch.Tensor:
-        loc, scale, a, b = self._params[:4]
-        outside = ((self.low > value) | (self.high < value)).any(-1)
-        value = torch.clamp(value, (a + self.eps).expand_as(value), (b - self.eps).expand_as(value))
-        z = (value - loc) / scale
-        log_prob = ((_LOG_INV_SQRT_2PI - self._log_Z - (z**2) * 0.5) - self._log_scale).sum(-1)
-        return log_prob.masked_fill(outside, -math.inf)
-
-
 ActorDist = Literal["trunc_normal", "tanh_normal"]
 
 
@@ -374,7 +227,7 @@ class Actor(nn.Module):
         if self.dist_kind == "trunc_normal":
             loc = torch.tanh(mean)
             scale = 2 * torch.sigmoid(std / 2) + self.min_std
-            return TruncNormal(loc, scale, low=-1.0, high=1.0)
+            return TruncatedNormal(loc, scale, low=-1.0, high=1.0, tanh_loc=False)
         loc = 5 * torch.tanh(mean / 5)
         scale = nn.functional.softplus(std + self.init_std) + self.min_std
         return TanhNormal(loc, scale, low=-1.0, high=1.0, upscale=1.0, tanh_loc=False)
