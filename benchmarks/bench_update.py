@@ -28,6 +28,11 @@ kernel; the ``for-loop`` implementation is what ``torch.optim.Adam`` uses on CPU
 default). ``--malloc-tune`` stops glibc from handing freed memory back to the OS
 (``mallopt``), which saves page faults on the large activations; off by default.
 
+``--collect-env dmc/cheetah_run`` also times the collection loop: a TorchRL ``Collector``
+stepping the env with the acting policy (latent filtering + actor, exploration noise) of
+the preset, in env frames per second (agent steps x action repeat), next to the same env
+stepped by a random policy (the env's own cost).
+
 The module is importable: :func:`build` returns a :class:`Bench` with the modules, losses
 and optimizers of a preset; :func:`world_model_update` and :func:`behaviour_update` run
 one update each; :func:`make_batch` makes a synthetic TED batch.
@@ -53,7 +58,7 @@ if __package__ in (None, ""):  # run as a script from a checkout that is not ins
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from coworld_trl.modules import Actor, ScalarHead, make_world_model
+from coworld_trl.modules import Actor, LatentPolicy, ScalarHead, latent_state_primer, make_world_model
 from coworld_trl.objectives import ActorLoss, ValueLoss, WorldModelLoss, imagine
 from coworld_trl.training.config import PRESETS as PRESET_NAMES
 from coworld_trl.training.config import dreamer_config
@@ -414,6 +419,30 @@ def tune_glibc_malloc() -> bool:
         return False
 
 
+def collection_frames_per_s(bench: Bench, env_name: str, steps: int) -> dict[str, float]:
+    """Env frames/s of a TorchRL ``Collector`` loop, with the acting policy and with a random one."""
+    from torchrl.collectors import Collector
+
+    from coworld_trl.envs import make_env
+
+    result = {}
+    for label, random_policy in (("policy", False), ("random", True)):
+        env = make_env(env_name, seed=0)
+        env.append_transform(latent_state_primer(bench.world_model))
+        policy = LatentPolicy(bench.world_model, bench.actor, expl_noise=0.3)
+        collector = Collector(env, policy, frames_per_batch=steps // 4, total_frames=steps + steps // 4,
+                              init_random_frames=steps + steps // 4 if random_policy else 0)
+        batches = iter(collector)
+        next(batches)  # warm-up batch: env start, first renders, lazy allocations
+        start = time.perf_counter()
+        collected = sum(batch.numel() for batch in batches)
+        elapsed = time.perf_counter() - start
+        collector.shutdown()
+        repeat = env.base_env._env._repeat
+        result[label] = collected * repeat / elapsed
+    return result
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     malloc_tuned = tune_glibc_malloc() if args.malloc_tune else False
     if args.threads:
@@ -476,6 +505,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         peak_memory_kind="cuda max_memory_allocated" if device.type == "cuda" else "process peak RSS",
         compile_s=compile_s, breakdown_s=breakdown,
     )
+    if args.collect_env:
+        result["collect_env"] = args.collect_env
+        result["collect_frames_per_s"] = collection_frames_per_s(bench, args.collect_env, args.collect_steps)
     table_wm, result["ops_world_model"] = profile_update(wm, device)
     table_bh, result["ops_behaviour"] = profile_update(bh, device)
     if args.profile:
@@ -503,6 +535,10 @@ def report(r: dict[str, Any]) -> str:
         f"fp32 matmul peak (2048^3, same threads): {r['matmul_peak_gflops_per_s']:.1f} GFLOP/s",
         f"peak memory ({r['peak_memory_kind']}): {r['peak_memory_bytes'] / 2**20:.0f} MiB",
     ]
+    if "collect_frames_per_s" in r:
+        fps = r["collect_frames_per_s"]
+        lines.append(f"collection loop on {r['collect_env']} (env frames/s): with the acting policy "
+                     f"{fps['policy']:.1f}, random policy {fps['random']:.1f}")
     if r["compile_s"] is not None:
         lines.append(f"compile + first two updates: {r['compile_s']:.1f} s")
     lines += ["", f"{'breakdown (one update, timed sections)':<46}{'s':>8}{'share':>8}"]
@@ -549,6 +585,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--malloc-tune", action="store_true",
                    help="glibc: keep freed memory (no mmap, no trim) to avoid page faults")
     p.add_argument("--profile", action="store_true", help="also print torch.profiler top ops")
+    p.add_argument("--collect-env", default="", help="also time the collection loop on this env (e.g. dmc/cheetah_run)")
+    p.add_argument("--collect-steps", type=int, default=400, help="agent steps timed in the collection loop")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", type=str, default=None, help="write the results to this path")
     return p.parse_args(argv)

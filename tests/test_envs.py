@@ -1,6 +1,7 @@
 """Tests for coworld_trl.envs: the registry, the DMC pixel pipeline, action repeat and input errors.
 
 Each env step renders a 64x64 frame (~25 ms on CPU), so every test takes a handful of steps.
+The other families and the DMC variants are tested in test_env_families.py.
 """
 from __future__ import annotations
 
@@ -104,11 +105,13 @@ def test_dmc_frames_are_copied_not_aliased(walker):
 
 
 def test_make_env_unknown_name_lists_valid_names():
-    """An unknown task or family raises ValueError listing the valid names."""
-    for bad in ("dmc/walker_fly", "atari/pong"):
-        with pytest.raises(ValueError, match="valid names") as info:
-            make_env(bad)
-        assert bad in str(info.value) and TASK in str(info.value)
+    """An unknown task lists the family's valid names; an unknown family names the families."""
+    with pytest.raises(ValueError, match="valid dmc names") as info:
+        make_env("dmc/walker_fly")
+    assert "dmc/walker_fly" in str(info.value) and TASK in str(info.value) and "dmc/walker_downhill" in str(info.value)
+    with pytest.raises(ValueError, match="dmc, metaworld, robodesk") as info:
+        make_env("atari/pong")
+    assert "python -m coworld_trl.envs list" in str(info.value)
     assert TASK in list_envs()
 
 

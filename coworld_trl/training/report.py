@@ -12,21 +12,6 @@ from pathlib import Path
 import torch
 
 
-def random_policy_returns(env_name: str, *, episodes: int = 10, seed: int = 0) -> list[float]:
-    """Undiscounted returns of uniformly random actions."""
-    from coworld_trl.envs import make_env
-
-    env = make_env(env_name, seed=seed)
-    env.set_seed(seed)
-    torch.manual_seed(seed)
-    returns = []
-    for _ in range(episodes):
-        rollout = env.rollout(100_000, break_when_any_done=True)
-        returns.append(rollout["next", "reward"].sum().item())
-    env.close()
-    return returns
-
-
 def plot_curves(results: list[Path], output: Path, *, baseline: float | None = None, title: str = "") -> None:
     """Eval return (mean +- std over episodes) against env frames, one line per results file."""
     import matplotlib
@@ -65,6 +50,7 @@ def main(argv: list[str] | None = None) -> None:
     rand.add_argument("env")
     rand.add_argument("--episodes", type=int, default=10)
     rand.add_argument("--seed", type=int, default=0)
+    rand.add_argument("--fast-render", action="store_true", help="no shadows/reflections (same rewards, faster)")
     curve = sub.add_parser("curve", help="plot eval returns from results.jsonl files")
     curve.add_argument("results", nargs="+", type=Path)
     curve.add_argument("-o", "--output", type=Path, required=True)
@@ -72,9 +58,10 @@ def main(argv: list[str] | None = None) -> None:
     curve.add_argument("--title", default="")
     args = parser.parse_args(argv)
     if args.command == "random":
-        returns = torch.tensor(random_policy_returns(args.env, episodes=args.episodes, seed=args.seed))
-        print(json.dumps({"env": args.env, "episodes": args.episodes, "return_mean": returns.mean().item(),
-                          "return_std": returns.std(unbiased=False).item()}))
+        from coworld_trl.envs.baselines import random_policy_stats
+
+        print(json.dumps(random_policy_stats(args.env, episodes=args.episodes, seed=args.seed,
+                                             fast_render=args.fast_render)))
     else:
         plot_curves(args.results, args.output, baseline=args.baseline, title=args.title)
 
