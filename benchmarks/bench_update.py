@@ -423,7 +423,7 @@ def collection_frames_per_s(bench: Bench, env_name: str, steps: int) -> dict[str
     """Env frames/s of a TorchRL ``Collector`` loop, with the acting policy and with a random one."""
     from torchrl.collectors import Collector
 
-    from coworld_trl.envs import make_env
+    from coworld_trl.envs import env_info, make_env
 
     result = {}
     for label, random_policy in (("policy", False), ("random", True)):
@@ -438,8 +438,7 @@ def collection_frames_per_s(bench: Bench, env_name: str, steps: int) -> dict[str
         collected = sum(batch.numel() for batch in batches)
         elapsed = time.perf_counter() - start
         collector.shutdown()
-        repeat = env.base_env._env._repeat
-        result[label] = collected * repeat / elapsed
+        result[label] = collected * env_info(env_name).action_repeat / elapsed
     return result
 
 

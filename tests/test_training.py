@@ -23,6 +23,7 @@ from coworld_trl.agents import make_dreamer_agent
 from coworld_trl.training.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from coworld_trl.training.config import (
     AgentConfig,
+    action_repeat,
     DreamerConfig,
     ModelConfig,
     dreamer_config,
@@ -216,7 +217,7 @@ def expected_updates(config: DreamerConfig) -> int:
     """loop.py: one collector batch = train_every agent steps = train_every * action_repeat frames; after
     each batch, if frames >= prefill_frames, updates_per_train updates run."""
     t = config.train
-    frames_per_batch = t.train_every * config.env.action_repeat
+    frames_per_batch = t.train_every * action_repeat(config.env)
     batches = t.total_frames // frames_per_batch
     first_training_batch = math.ceil(t.prefill_frames / frames_per_batch)
     return (batches - first_training_batch + 1) * t.updates_per_train
@@ -315,7 +316,7 @@ def test_online_loop_resumes_after_a_kill(tmp_path, monkeypatch, caplog):
     assert counters.updates == expected_updates(config) == 15
     final = saves[-1]
     assert final["counters"] == asdict(counters)
-    assert final["length"] == config.train.total_frames // config.env.action_repeat  # appended, nothing overwritten
+    assert final["length"] == config.train.total_frames // action_repeat(config.env)  # appended, nothing overwritten
     results = [json.loads(line) for line in (tmp_path / "results.jsonl").read_text().splitlines()]
     assert [(r["frames"], r["updates"]) for r in results] == [(240, 15)]
 

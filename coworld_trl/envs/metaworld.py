@@ -8,6 +8,9 @@ paper used, so frames are flipped vertically here.
 """
 from __future__ import annotations
 
+import atexit
+import weakref
+
 import gymnasium as gym
 import numpy as np
 
@@ -41,6 +44,7 @@ class PixelRepeat(gym.Wrapper):
     def __init__(self, env: gym.Env, *, repeat: int, flip: bool):
         super().__init__(env)
         self.repeat, self.flip = repeat, flip
+        self._close_at_exit = False
         frame = env.observation_space  # the state vector's box
         size = env.unwrapped.height
         self.observation_space = gym.spaces.Dict({
@@ -50,6 +54,13 @@ class PixelRepeat(gym.Wrapper):
 
     def _observe(self, state) -> dict:
         frame = self.env.render()
+        if not self._close_at_exit:
+            # An env still open at exit must free its GL context before MuJoCo's exit hook
+            # (registered at the first render) terminates EGL; gymnasium's renderer would
+            # otherwise fail noisily in __del__. Exit hooks run last-registered first.
+            alive = weakref.ref(self.env)
+            atexit.register(lambda: (env := alive()) is not None and env.close())
+            self._close_at_exit = True
         frame = frame[::-1] if self.flip else frame
         return {"pixels": np.ascontiguousarray(frame), "observation": np.asarray(state, np.float32)}
 

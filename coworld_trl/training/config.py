@@ -8,14 +8,24 @@ from __future__ import annotations
 
 import copy
 from dataclasses import asdict, dataclass, field, fields, is_dataclass
-from typing import Any
+from typing import Any, Optional
 
 
 @dataclass
 class EnvConfig:
+    """Which env (any :func:`coworld_trl.envs.list_envs` name) and how it is rendered."""
+
     name: str = "dmc/walker_walk"
     image_size: int = 64
-    action_repeat: int = 2
+    action_repeat: Optional[int] = None  # None: the family's default (2 for DMC, 1 otherwise)
+    fast_render: bool = False  # no shadows/reflections: faster on CPU, slightly different pixels
+
+
+def action_repeat(env: EnvConfig) -> int:
+    """The configured action repeat, or the env family's default."""
+    from coworld_trl.envs import env_info
+
+    return env.action_repeat or env_info(env.name).action_repeat
 
 
 @dataclass
@@ -157,7 +167,10 @@ def dreamer_config(preset: str = "paper", **overrides: dict[str, Any]) -> Dreame
 def validate(config: DreamerConfig) -> None:
     """Refuse impossible values with a one-line error naming the value and the fix."""
     data, train = config.data, config.train
-    episode_steps = 1000 // config.env.action_repeat if config.env.name.startswith("dmc/") else None
+    from coworld_trl.envs import env_info
+
+    frames = env_info(config.env.name).episode_frames  # also refuses an unknown env name
+    episode_steps = None if frames is None else -(-frames // action_repeat(config.env))
     checks = [
         (data.batch_size >= 1, f"data.batch_size={data.batch_size} must be >= 1"),
         (data.seq_len >= 2, f"data.seq_len={data.seq_len} must be >= 2 (one transition)"),

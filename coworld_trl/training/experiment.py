@@ -16,7 +16,7 @@ from torchrl.envs import RewardSum
 from coworld_trl.agents import make_dreamer_agent
 from coworld_trl.envs import make_env
 from coworld_trl.modules.policy import latent_state_primer
-from coworld_trl.training.config import DreamerConfig, to_dict, validate
+from coworld_trl.training.config import DreamerConfig, action_repeat, to_dict, validate
 from coworld_trl.training.evaluation import Evaluator
 from coworld_trl.training.logging import make_logger
 from coworld_trl.training.loop import Counters, LoopSettings, OnlineTrainer
@@ -55,9 +55,11 @@ def run_online_dreamer(config: DreamerConfig) -> Counters:
     device = resolve_device(train.device)
     seed_everything(train.seed)
 
+    repeat = action_repeat(config.env)
+
     def env_factory(seed: int):
         return make_env(config.env.name, seed=seed, image_size=config.env.image_size,
-                        action_repeat=config.env.action_repeat)
+                        action_repeat=repeat, fast_render=config.env.fast_render)
 
     probe = env_factory(train.seed)
     action_dim = probe.action_spec.shape[-1]
@@ -85,7 +87,7 @@ def run_online_dreamer(config: DreamerConfig) -> Counters:
     buffer = make_sequence_buffer(config.data.buffer_capacity, config.data.seq_len)
     settings = LoopSettings(
         total_frames=train.total_frames, prefill_frames=train.prefill_frames,
-        frames_per_step=config.env.action_repeat, train_every=train.train_every,
+        frames_per_step=repeat, train_every=train.train_every,
         updates_per_train=train.updates_per_train, batch_size=config.data.batch_size, seq_len=config.data.seq_len,
         eval_every_updates=config.eval.every_updates, checkpoint_every_updates=config.logger.checkpoint_every_updates,
     )
