@@ -108,11 +108,12 @@ def read_npz_episode(path: Path, *, image_size: int | None = None, action_dim: i
 
 def import_npz(source: str | Path, destination: str | Path, *, env: str | None = None,
                image_size: int | None = None, action_dim: int | None = None, overwrite: bool = False,
-               progress: bool = False) -> OfflineDataset:
+               progress: bool = False, description: str | None = None) -> OfflineDataset:
     """Convert a directory of npz episodes into a dataset, one episode in memory at a time.
 
-    ``env`` (a registry name) fixes the expected image size and action dim unless given
-    explicitly; every file is checked from its headers before anything is written.
+    ``env`` (a registry name) fixes the expected action dim unless given explicitly;
+    every file is checked from its headers before anything is written. ``description``
+    (how the data was made) goes into the metadata's ``source``.
     """
     files = npz_files(source)
     if env is not None:
@@ -127,7 +128,7 @@ def import_npz(source: str | Path, destination: str | Path, *, env: str | None =
     episodes = _episodes(files, size, dim, notes, progress)
     rows, final = next(episodes)
     with DatasetWriter(destination, rows, final, capacity_frames=sum(lengths) - len(files),
-                       capacity_episodes=len(files), env=env, source=f"import npz {Path(source).resolve()}",
+                       capacity_episodes=len(files), env=env, source=description or f"import npz {Path(source).resolve()}",
                        overwrite=overwrite) as writer:
         writer.notes = notes
         writer.add(rows, final)

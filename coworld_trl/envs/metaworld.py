@@ -13,6 +13,8 @@ import weakref
 
 import gymnasium as gym
 import numpy as np
+import torch
+from tensordict.nn import TensorDictModuleBase
 
 from coworld_trl.envs.dmc import disable_shadows_and_reflections
 
@@ -88,3 +90,30 @@ def make_metaworld_gym(task: str, *, seed: int, image_size: int, action_repeat: 
     if fast_render:
         disable_shadows_and_reflections(env.unwrapped.model)
     return PixelRepeat(env, repeat=action_repeat, flip=True)
+
+
+class ScriptedPolicy(TensorDictModuleBase):
+    """Meta-World's bundled scripted policy for ``task``, with Gaussian action noise.
+
+    A TensorDict module reading the 39-d ``observation`` (make the env with ``state=True``)
+    and writing ``action`` (clipped to ``[-1, 1]``). The scripted policies solve all six
+    paper tasks, which makes expert-like datasets quick to produce.
+    """
+
+    def __init__(self, task: str, *, noise: float = 0.1, seed: int = 0):
+        super().__init__()
+        from metaworld.policies import ENV_POLICY_MAP
+
+        key = f"{task}-v3"
+        if key not in ENV_POLICY_MAP:
+            raise ValueError(f"Meta-World has no scripted policy for {task!r}; tasks with one: "
+                             f"{', '.join(sorted(k.removesuffix('-v3') for k in ENV_POLICY_MAP))}")
+        self.policy, self.noise = ENV_POLICY_MAP[key](), noise
+        self.rng = np.random.default_rng(seed)
+        self.in_keys, self.out_keys = ["observation"], ["action"]
+
+    def forward(self, tensordict):
+        state = tensordict.get("observation").detach().cpu().numpy().astype(np.float64)
+        action = self.policy.get_action(state) + self.noise * self.rng.standard_normal(4)
+        tensordict.set("action", torch.as_tensor(np.clip(action, -1.0, 1.0), dtype=torch.float32))
+        return tensordict

@@ -117,6 +117,26 @@ class DreamerConfig:
     output_dir: str = "runs/dreamer"
 
 
+@dataclass
+class CollectConfig:
+    """What ``recipes/collect_dataset.py`` makes (see :mod:`coworld_trl.training.collect`)."""
+
+    kind: str = "medium-replay"  # medium-replay | random | expert | scripted
+    output: str = "datasets/dataset"
+    episodes: int = 10  # random / expert / scripted
+    checkpoint: Optional[str] = None  # expert: a DreamerV2 run directory
+    noise: float = 0.1  # scripted: Gaussian action noise
+    reference_score: Optional[float] = None  # medium-replay: the task's expert return
+    fraction: float = 1 / 3  # medium-replay: stop once eval return >= fraction * reference_score
+
+
+@dataclass
+class CollectDatasetConfig(DreamerConfig):
+    """A DreamerV2 config (the agent that medium-replay trains) plus what to collect."""
+
+    collect: CollectConfig = field(default_factory=CollectConfig)
+
+
 PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     # Table 7 of the paper: discrete 32x32 latents, 600 units, batch 50 x 50.
     "paper": {},

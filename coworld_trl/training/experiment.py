@@ -6,6 +6,7 @@ and the loop receive them.
 from __future__ import annotations
 
 import random
+from typing import Callable
 
 import numpy as np
 import torch
@@ -45,8 +46,13 @@ def make_sequence_buffer(capacity: int, seq_len: int) -> TensorDictReplayBuffer:
     )
 
 
-def run_online_dreamer(config: DreamerConfig) -> Counters:
-    """Train DreamerV2 online on ``config.env`` and write everything to ``config.output_dir``."""
+def run_online_dreamer(config: DreamerConfig, *, on_collect: Callable | None = None,
+                       stop_return: float | None = None) -> Counters:
+    """Train DreamerV2 online on ``config.env`` and write everything to ``config.output_dir``.
+
+    ``on_collect`` sees every collected batch (see :class:`OnlineTrainer`); ``stop_return``
+    finishes the run once an evaluation reaches that mean return.
+    """
     validate(config)
     run_dir = RunDirectory(config.output_dir, to_dict(config))
     train = config.train
@@ -90,7 +96,8 @@ def run_online_dreamer(config: DreamerConfig) -> Counters:
         frames_per_step=repeat, train_every=train.train_every,
         updates_per_train=train.updates_per_train, batch_size=config.data.batch_size, seq_len=config.data.seq_len,
         eval_every_updates=config.eval.every_updates, checkpoint_every_updates=config.logger.checkpoint_every_updates,
+        stop_return=stop_return,
     )
     trainer = OnlineTrainer(agent, make_collector=make_collector, buffer=buffer, evaluator=evaluator,
-                            logger=logger, run_dir=run_dir, settings=settings)
+                            logger=logger, run_dir=run_dir, settings=settings, on_collect=on_collect)
     return trainer.run()

@@ -51,6 +51,7 @@ class LoopSettings:
     eval_every_updates: int
     checkpoint_every_updates: int
     log_every_updates: int = 100
+    stop_return: float | None = None  # finish early once an evaluation's mean return reaches this
 
 
 def sample_sequences(buffer: ReplayBuffer, batch_size: int, seq_len: int) -> TensorDictBase:
@@ -86,12 +87,16 @@ class OnlineTrainer:
         logger: a TorchRL logger.
         run_dir: where config, checkpoints and results live.
         settings: counts and intervals.
+        on_collect: optional ``(batch) -> None`` called with every collected batch, before
+            anything is dropped from it (e.g. an :class:`~coworld_trl.data.EpisodeRecorder`).
     """
 
     def __init__(self, agent, *, make_collector: Callable, buffer: ReplayBuffer, evaluator: Callable,
-                 logger: Logger, run_dir: RunDirectory, settings: LoopSettings):
+                 logger: Logger, run_dir: RunDirectory, settings: LoopSettings,
+                 on_collect: Callable[[TensorDictBase], None] | None = None):
         self.agent, self.make_collector, self.buffer = agent, make_collector, buffer
         self.evaluator, self.logger, self.run_dir, self.settings = evaluator, logger, run_dir, settings
+        self.on_collect = on_collect
         self.counters = Counters()
 
     # ------------------------------------------------------------------ state
@@ -152,6 +157,8 @@ class OnlineTrainer:
         try:
             for batch in collector:
                 # 1. store what the acting policy just collected
+                if self.on_collect is not None:
+                    self.on_collect(batch)
                 self.buffer.extend(batch.exclude(*NOT_STORED))
                 c.frames += batch.numel() * s.frames_per_step
                 c.episodes += int(batch["next", "done"].sum())
@@ -167,7 +174,12 @@ class OnlineTrainer:
                             pending, started = [], time.time()
                 # 3. evaluate and checkpoint on update counts
                 if c.updates and c.updates - c.last_eval_update >= s.eval_every_updates:
-                    bar.set_postfix(updates=c.updates, eval_return=f"{self.evaluate()['eval/return_mean']:.1f}")
+                    eval_return = self.evaluate()["eval/return_mean"]
+                    bar.set_postfix(updates=c.updates, eval_return=f"{eval_return:.1f}")
+                    if s.stop_return is not None and eval_return >= s.stop_return:
+                        log.info("eval return %.1f reached stop_return=%.1f at %d frames; stopping",
+                                 eval_return, s.stop_return, c.frames)
+                        break
                 if c.updates and c.updates - c.last_checkpoint_update >= s.checkpoint_every_updates:
                     self.save()
         finally:
