@@ -82,7 +82,7 @@ def collect_dataset(config: CollectDatasetConfig) -> OfflineDataset:
                              "at collect.fraction times it), e.g. collect.reference_score=900.")
         target = c.fraction * c.reference_score
         run_online_dreamer(config, on_collect=EpisodeRecorder(episodes_dir), stop_return=target)
-        source = (f"collect medium-replay: online DreamerV2 replay until eval return >= {target:.1f} "
+        source = (f"collect medium-replay: online DreamerV2 replay until eval return >= {target:.4g} "
                   f"({c.fraction:.3g} x reference {c.reference_score}), run {config.output_dir}")
     else:
         state = c.kind == "scripted"

@@ -1,0 +1,132 @@
+"""Dataset collection: the episode recorder, and recipes/collect_dataset.py end to end
+(random, medium-replay with its stop rule, expert from the resulting run, resume)."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+from tensordict import TensorDict
+
+from coworld_trl.data import EpisodeRecorder, OfflineDataset, import_npz
+
+RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "collect_dataset.py"
+# cartpole at action repeat 8: 125-step episodes, fast rendering, a tiny model.
+FAST_ENV = ["env.name=dmc/cartpole_swingup", "env.action_repeat=8", "env.fast_render=true"]
+TINY = [
+    "model.stoch=4", "model.classes=4", "model.deter=32", "model.hidden=32", "model.cnn_depth=16",
+    "model.mlp_units=32", "data.batch_size=2", "data.seq_len=8", "data.buffer_capacity=5000",
+    "train.device=cpu", "train.threads=1", "eval.episodes=1", "eval.video=false",
+]
+
+
+def collector_batches(lengths: list[int], *, batch: int, size: int = 8, skip: int = 0) -> tuple[list[TensorDict], list]:
+    """Episodes of the given lengths as TED rows with next.pixels, cut into fixed-size batches
+    (as a collector hands them out), the first ``skip`` rows dropped. Also returns the episodes."""
+    gen = torch.Generator().manual_seed(0)
+    episodes = []
+    for n in lengths:
+        frames = torch.randint(0, 256, (n + 1, 3, size, size), dtype=torch.uint8, generator=gen)
+        done = torch.zeros(n, 1, dtype=torch.bool)
+        done[-1] = True
+        episodes.append(TensorDict({
+            "pixels": frames[:-1], "action": torch.rand(n, 2, generator=gen), "is_init": ~torch.ones(n, 1).cumsum(0).gt(1),
+            "latent_deter": torch.zeros(n, 4),  # collector extras are dropped
+            "next": {"pixels": frames[1:], "reward": torch.rand(n, 1, generator=gen), "done": done,
+                     "terminated": torch.zeros(n, 1, dtype=torch.bool), "truncated": done.clone()},
+        }, batch_size=[n]))
+    stream = torch.cat(episodes)[skip:]
+    return [stream[i:i + batch] for i in range(0, len(stream), batch)], episodes
+
+
+def test_recorder_writes_whole_episodes_across_batch_boundaries(tmp_path):
+    """Episodes cut by fixed-size batches are reassembled, written with their final frame,
+    and import back to exactly the recorded rows."""
+    batches, episodes = collector_batches([7, 3, 12], batch=5)
+    recorder = EpisodeRecorder(tmp_path / "eps")
+    for batch in batches:
+        recorder(batch)
+    files = sorted((tmp_path / "eps").glob("*.npz"))
+    assert [f.name for f in files] == ["000000-8.npz", "000001-4.npz", "000002-13.npz"]
+    dataset = import_npz(tmp_path / "eps", tmp_path / "ds")
+    for index, episode in enumerate(episodes):
+        rows, final = dataset.episode(index)
+        assert torch.equal(rows["pixels"], episode["pixels"]) and torch.equal(rows["action"], episode["action"])
+        assert torch.equal(rows["next", "reward"], episode["next", "reward"])
+        assert torch.equal(final["pixels"], episode["next", "pixels"][-1])
+
+
+def test_recorder_skips_a_partial_first_episode_and_resumes_numbering(tmp_path):
+    batches, _ = collector_batches([6, 4], batch=3, skip=2)  # starts inside episode 0
+    recorder = EpisodeRecorder(tmp_path / "eps")
+    for batch in batches:
+        recorder(batch)
+    assert [f.name for f in sorted((tmp_path / "eps").glob("*.npz"))] == ["000000-5.npz"]
+    again = EpisodeRecorder(tmp_path / "eps")
+    assert again.episodes == 1
+    for batch in collector_batches([2], batch=2)[0]:
+        again(batch)
+    assert (tmp_path / "eps" / "000001-3.npz").exists()
+    assert not list((tmp_path / "eps").glob(".*.tmp"))
+
+
+def run_recipe(overrides: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "MUJOCO_GL": os.environ.get("MUJOCO_GL", "egl")}
+    env.pop("HYDRA_FULL_ERROR", None)
+    return subprocess.run([sys.executable, str(RECIPE), *overrides], cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=600)
+
+
+def test_collect_random_then_rerun_says_it_exists(tmp_path):
+    out = tmp_path / "random"
+    proc = run_recipe([*FAST_ENV, "collect.kind=random", "collect.episodes=2", f"collect.output={out}"], tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    meta = OfflineDataset(out).metadata
+    assert (meta.episodes, meta.frames, meta.env) == (2, 250, "dmc/cartpole_swingup")
+    assert meta.source == "collect random: 2 episodes"
+    assert not (tmp_path / "random.episodes").exists(), "the work directory was not removed"
+    again = run_recipe([*FAST_ENV, "collect.kind=random", "collect.episodes=2", f"collect.output={out}"], tmp_path)
+    assert again.returncode == 0 and "already exists" in again.stderr + again.stdout
+
+
+def test_collect_medium_replay_stops_at_the_target_then_expert_rolls_out_the_run(tmp_path):
+    """medium-replay trains until eval return >= fraction * reference: with a tiny reference the
+    first evaluation (after one update) stops it, and the prefill episodes become the dataset.
+    An expert collection then loads that run's checkpoint."""
+    out, run = tmp_path / "mr", tmp_path / "run"
+    proc = run_recipe([*FAST_ENV, *TINY, "collect.kind=medium-replay", "collect.reference_score=0.001",
+                       "train.total_frames=20000", "train.prefill_frames=2000", "eval.every_updates=1",
+                       f"collect.output={out}", f"output_dir={run}"], tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = [json.loads(line) for line in (run / "results.jsonl").read_text().splitlines()]
+    assert results[0]["updates"] == 1 and results[0]["frames"] < 20000, "stop_return did not stop the run"
+    meta = OfflineDataset(out).metadata
+    assert meta.episodes == 2 and meta.frames == 250  # 2000 prefill frames = two 1000-frame episodes
+    assert meta.source.startswith("collect medium-replay") and ">= 0.0003333 (0.333 x reference 0.001)" in meta.source
+    expert = tmp_path / "expert"
+    proc = run_recipe([*FAST_ENV, *TINY, "collect.kind=expert", "collect.episodes=1", f"collect.checkpoint={run}",
+                       f"collect.output={expert}", f"output_dir={tmp_path / 'unused'}"], tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert OfflineDataset(expert).metadata.episodes == 1
+
+
+def test_scripted_policy_acts_in_bounds_and_beats_random():
+    """Meta-World's scripted policy through the TensorDict interface: 4-d actions in [-1, 1],
+    and over 60 steps of door-close it earns more than random actions."""
+    from coworld_trl.envs import make_env
+    from coworld_trl.envs.metaworld import ScriptedPolicy
+
+    returns = []
+    for policy in (ScriptedPolicy("door-close", noise=0.1), None):
+        env = make_env("metaworld/door-close", seed=0, state=True, fast_render=True)
+        torch.manual_seed(0)
+        rollout = env.rollout(60, policy=policy)
+        assert rollout["action"].shape == (60, 4) and rollout["action"].abs().max() <= 1
+        returns.append(rollout["next", "reward"].sum().item())
+        env.close()
+    assert returns[0] > returns[1] + 20, returns
+    assert np.isfinite(returns).all()
