@@ -26,7 +26,8 @@ What is measured (medians over ``--repeats`` after ``--warmup`` untimed updates)
 ``--adam`` picks torch's Adam implementation (default ``fused``: same algorithm, one
 kernel; the ``for-loop`` implementation is what ``torch.optim.Adam`` uses on CPU by
 default). ``--malloc-tune`` stops glibc from handing freed memory back to the OS
-(``mallopt``), which saves page faults on the large activations; off by default.
+(:func:`coworld_trl.training.memory.keep_freed_memory`, on by default in training runs:
+``train.keep_freed_memory``), which saves page faults on the large activations.
 
 ``--collect-env dmc/cheetah_run`` also times the collection loop: a TorchRL ``Collector``
 stepping the env with the acting policy (latent filtering + actor, exploration noise) of
@@ -61,6 +62,7 @@ if __package__ in (None, ""):  # run as a script from a checkout that is not ins
 from coworld_trl.modules import Actor, LatentPolicy, ScalarHead, latent_state_primer, make_world_model
 from coworld_trl.objectives import ActorLoss, ValueLoss, WorldModelLoss, imagine
 from coworld_trl.training.config import PRESETS as PRESET_NAMES
+from coworld_trl.training.memory import keep_freed_memory
 from coworld_trl.training.config import dreamer_config
 
 def preset_sizes(preset: str) -> dict[str, Any]:
@@ -405,20 +407,6 @@ def profile_update(fn: Callable[[], Any], device: torch.device, top: int = 15) -
     return averages.table(sort_by=sort, row_limit=top), kinds
 
 
-def tune_glibc_malloc() -> bool:
-    """Keep freed memory in the process (no mmap for large blocks, no trimming), as
-    ``MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=<large>`` would. Returns whether it applied."""
-    import ctypes
-    import ctypes.util
-
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        m_trim_threshold, m_mmap_max = -1, -4
-        return bool(libc.mallopt(m_mmap_max, 0)) and bool(libc.mallopt(m_trim_threshold, 2**31 - 1))
-    except (OSError, AttributeError):
-        return False
-
-
 def collection_frames_per_s(bench: Bench, env_name: str, steps: int) -> dict[str, float]:
     """Env frames/s of a TorchRL ``Collector`` loop, with the acting policy and with a random one."""
     from torchrl.collectors import Collector
@@ -443,7 +431,7 @@ def collection_frames_per_s(bench: Bench, env_name: str, steps: int) -> dict[str
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    malloc_tuned = tune_glibc_malloc() if args.malloc_tune else False
+    malloc_tuned = keep_freed_memory() if args.malloc_tune else False
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)

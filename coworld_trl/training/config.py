@@ -89,6 +89,7 @@ class TrainConfig:
     compile: bool = False
     autocast: bool = False
     threads: int = 0
+    keep_freed_memory: bool = True  # glibc keeps freed activations (no page faults per update; Linux)
 
 
 @dataclass

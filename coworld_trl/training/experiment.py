@@ -21,6 +21,7 @@ from coworld_trl.training.config import DreamerConfig, action_repeat, to_dict, v
 from coworld_trl.training.evaluation import Evaluator
 from coworld_trl.training.logging import make_logger
 from coworld_trl.training.loop import Counters, LoopSettings, OnlineTrainer
+from coworld_trl.training.memory import keep_freed_memory
 from coworld_trl.training.run_dir import RunDirectory
 
 
@@ -58,6 +59,8 @@ def run_online_dreamer(config: DreamerConfig, *, on_collect: Callable | None = N
     train = config.train
     if train.threads:
         torch.set_num_threads(train.threads)
+    if train.keep_freed_memory:
+        keep_freed_memory()
     device = resolve_device(train.device)
     seed_everything(train.seed)
 
