@@ -25,9 +25,10 @@ What is measured (medians over ``--repeats`` after ``--warmup`` untimed updates)
 
 ``--adam`` picks torch's Adam implementation (default ``fused``: same algorithm, one
 kernel; the ``for-loop`` implementation is what ``torch.optim.Adam`` uses on CPU by
-default). ``--malloc-tune`` stops glibc from handing freed memory back to the OS
-(:func:`coworld_trl.training.memory.keep_freed_memory`, on by default in training runs:
-``train.keep_freed_memory``), which saves page faults on the large activations.
+default). Like training (``train.keep_freed_memory``), the benchmark stops glibc from
+handing freed memory back to the OS (:func:`coworld_trl.training.memory.keep_freed_memory`),
+which saves page faults on the large activations; ``--no-keep-freed-memory`` measures
+without it.
 
 ``--collect-env dmc/cheetah_run`` also times the collection loop: a TorchRL ``Collector``
 stepping the env with the acting policy (latent filtering + actor, exploration noise) of
@@ -59,7 +60,8 @@ if __package__ in (None, ""):  # run as a script from a checkout that is not ins
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from coworld_trl.modules import Actor, LatentPolicy, ScalarHead, latent_state_primer, make_world_model
+from coworld_trl.modules import Actor, ScalarHead, make_world_model
+from coworld_trl.modules.policy import LatentPolicy, latent_state_primer
 from coworld_trl.objectives import ActorLoss, ValueLoss, WorldModelLoss, imagine
 from coworld_trl.training.config import PRESETS as PRESET_NAMES
 from coworld_trl.training.memory import keep_freed_memory
@@ -431,7 +433,7 @@ def collection_frames_per_s(bench: Bench, env_name: str, steps: int) -> dict[str
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    malloc_tuned = keep_freed_memory() if args.malloc_tune else False
+    kept = keep_freed_memory() if args.keep_freed_memory else False
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
@@ -477,7 +479,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     result = dict(
         preset=args.preset, batch=args.batch, seq_len=args.seq_len, device=str(device),
         threads=torch.get_num_threads(), compile=args.compile or None, autocast=args.autocast, adam=args.adam,
-        malloc_tuned=malloc_tuned,
+        keep_freed_memory=kept,
         torch=torch.__version__, machine=platform.processor() or platform.machine(),
         params=dict(world_model=n_params(bench.world_model), actor=n_params(bench.actor),
                     critic=n_params(bench.critic)),
@@ -506,7 +508,7 @@ def report(r: dict[str, Any]) -> str:
     lines = [
         f"preset={r['preset']} batch={r['batch']} seq_len={r['seq_len']} device={r['device']} "
         f"threads={r['threads']} adam={r['adam']} compile={r['compile']} autocast={r['autocast']} "
-        f"malloc_tuned={r['malloc_tuned']} torch={r['torch']}",
+        f"keep_freed_memory={r['keep_freed_memory']} torch={r['torch']}",
         f"params: world model {r['params']['world_model'] / 1e6:.2f}M, actor {r['params']['actor'] / 1e6:.2f}M, "
         f"critic {r['params']['critic'] / 1e6:.2f}M",
         "",
@@ -569,8 +571,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--autocast", action="store_true", help="bfloat16 autocast around the forward passes")
     p.add_argument("--adam", choices=ADAM_IMPLS, default="fused",
                    help="torch Adam implementation (same algorithm); fused is fastest on CPU")
-    p.add_argument("--malloc-tune", action="store_true",
-                   help="glibc: keep freed memory (no mmap, no trim) to avoid page faults")
+    p.add_argument("--keep-freed-memory", action=argparse.BooleanOptionalAction, default=True,
+                   help="glibc keeps freed memory (no mmap, no trim), as training does by default")
     p.add_argument("--profile", action="store_true", help="also print torch.profiler top ops")
     p.add_argument("--collect-env", default="", help="also time the collection loop on this env (e.g. dmc/cheetah_run)")
     p.add_argument("--collect-steps", type=int, default=400, help="agent steps timed in the collection loop")
