@@ -8,7 +8,7 @@ penalty hook.
 from __future__ import annotations
 
 import contextlib
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable, Sequence
 
 import torch
 from tensordict import TensorDict, TensorDictBase
@@ -94,16 +94,23 @@ class DreamerV2Agent(nn.Module):
         optimizer.step()
         return grad_norm
 
-    def update_world_model(self, batch: TensorDictBase, extra_loss: torch.Tensor | None = None) -> TensorDict:
+    def update_world_model(self, batch: TensorDictBase, extra_losses: Sequence[Callable] = ()) -> TensorDict:
         """One Eq. 2 step on a ``[B, T]`` batch; leaves the posterior latents in ``batch``.
 
-        ``extra_loss`` (e.g. CoWorld's state alignment) is added before the backward pass.
+        ``extra_losses`` (e.g. CoWorld's state alignment, Eq. 3) are called on ``batch``
+        after the world model has filtered it (so they can read ``embedding``, ``stoch``,
+        ...); their ``loss_*`` terms join the backward pass and everything they return is
+        reported.
         """
         with self._autocast():
             losses = self.world_model_loss(batch)
+            for extra in extra_losses:
+                losses.update(extra(batch))
+        return self.step_world_model(losses)
+
+    def step_world_model(self, losses: TensorDict) -> TensorDict:
+        """Sum the ``loss_*`` entries of ``losses``, backpropagate, clip and step the world model."""
         total = sum(value for key, value in losses.items() if key.startswith("loss_"))
-        if extra_loss is not None:
-            total = total + extra_loss
         losses["grad_norm_world_model"] = self._step("world_model", total, self.world_model.parameters())
         return losses.detach()
 

@@ -1,4 +1,6 @@
-"""Networks: DreamerV2 encoders/decoders, RSSM, heads, actor, world model."""
+"""Networks: DreamerV2 encoders/decoders, RSSM, heads, actor, world model; CoWorld's
+alignment head and reward relabeler."""
+from coworld_trl.modules.coworld import AlignmentHead, RewardRelabeler, check_same_latent_size
 from coworld_trl.modules.networks import (
     Actor,
     ConvDecoder,
@@ -13,6 +15,6 @@ from coworld_trl.modules.rssm import RSSM, GRUCell
 from coworld_trl.modules.world_model import WorldModel, make_world_model, previous_step
 
 __all__ = [
-    "Actor", "ConvDecoder", "ConvEncoder", "GRUCell", "MLPDecoder", "MLPEncoder", "RSSM", "ScalarHead",
+    "Actor", "AlignmentHead", "RewardRelabeler", "check_same_latent_size", "ConvDecoder", "ConvEncoder", "GRUCell", "MLPDecoder", "MLPEncoder", "RSSM", "ScalarHead",
     "WorldModel", "make_world_model", "normal_nll", "pixels_to_float", "previous_step",
 ]

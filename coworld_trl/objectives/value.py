@@ -18,9 +18,11 @@ class ValueLoss(LossModule):
     ``L_v = E[ sum_k w_k (0.5 (v(s_k) - sg(R_k))^2 + penalty_k) ]``, where ``R_k`` is the
     lambda-return bootstrapped with a slow copy of the critic and ``w_k`` the cumulative
     discount. ``penalty`` is the extension point: a module called as
-    ``penalty(imagined, value) -> [N, H]`` whose output is added per step under the same
-    weights and reported as ``loss_value_penalty`` (CoWorld's min-max constraint, Eq. 6,
-    is one). Use :meth:`make_target_updater` for the slow critic's hard copy.
+    ``penalty(imagined, value)`` returning a ``[N, H]`` tensor, or a TensorDict with that
+    tensor under ``"penalty"`` plus scalar diagnostics; the penalty is added per step under
+    the same weights and reported as ``loss_value_penalty``, the diagnostics as they are
+    (CoWorld's min-max constraint, Eq. 6, is one). Use :meth:`make_target_updater` for
+    the slow critic's hard copy.
 
     Call :meth:`targets` first (it writes ``value_target``, ``state_value`` and
     ``weight`` into the imagined TensorDict; the target keeps its graph for the actor's
@@ -111,5 +113,9 @@ class ValueLoss(LossModule):
             value_target=target.mean(),
         )
         if self.penalty is not None:
-            out["loss_value_penalty"] = (weight * self.penalty(imagined, value)).mean()
+            penalty = self.penalty(imagined, value)
+            if isinstance(penalty, TensorDictBase):
+                out.update(penalty.exclude("penalty"))
+                penalty = penalty.get("penalty")
+            out["loss_value_penalty"] = (weight * penalty).mean()
         return out

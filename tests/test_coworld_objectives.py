@@ -1,0 +1,206 @@
+"""CoWorld's modules and losses: state alignment (Eq. 3), relabelling (Eq. 4), the mixed
+reward loss and eta (Eq. 5), the min-max value constraint (Eq. 6) and source selection
+(Eq. 12), each checked against hand computations and gradient masks."""
+from __future__ import annotations
+
+import pytest
+import torch
+from tensordict import TensorDict
+from torch import nn
+
+from coworld_trl.modules import AlignmentHead, RewardRelabeler, ScalarHead
+from coworld_trl.objectives import (
+    EtaSchedule,
+    MinMaxValuePenalty,
+    MixedRewardLoss,
+    StateAlignmentLoss,
+    ValueLoss,
+    WorldModelLoss,
+    select_source,
+)
+
+B, T = 2, 5
+
+
+def grads(module: nn.Module) -> dict[str, bool]:
+    return {name: p.grad is not None and p.grad.abs().sum() > 0 for name, p in module.named_parameters()}
+
+
+# ------------------------------------------------------------------ Eq. 3
+def test_alignment_gradients_reach_only_the_target_encoder(tiny_world_model, make_batch):
+    target, source = tiny_world_model(), tiny_world_model()
+    batch = make_batch(B, T)
+    loss = StateAlignmentLoss(target, source)(batch)["loss_alignment"]
+    loss.backward()
+    assert loss.item() > 0
+    assert all(grads(target.encoder).values())
+    for module in (source, target.rssm, target.decoder, target.reward_head):
+        assert not any(grads(module).values()), type(module).__name__
+
+
+def test_alignment_value_and_reductions_match_a_hand_computation(tiny_world_model, make_batch):
+    """KL(softmax(e_src) || softmax(e_tgt)) with torch.distributions; 'sum_time' sums over T
+    and averages over B (the official weighting), 'mean' averages both; beta scales."""
+    target, source = tiny_world_model(), tiny_world_model()
+    batch = make_batch(B, T)
+    with torch.no_grad():
+        p = torch.distributions.Categorical(logits=source.encoder(batch["pixels"]))
+        q = torch.distributions.Categorical(logits=target.encoder(batch["pixels"]))
+        kl = torch.distributions.kl_divergence(p, q)  # [B, T]
+    summed = StateAlignmentLoss(target, source, beta=2.0)(batch)
+    mean = StateAlignmentLoss(target, source, beta=2.0, reduction="mean")(batch)
+    torch.testing.assert_close(summed["loss_alignment"], 2.0 * kl.sum(1).mean(), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(mean["loss_alignment"], 2.0 * kl.mean(), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(summed["alignment_kl"], kl.mean(), rtol=1e-5, atol=1e-6)
+
+
+def test_alignment_reuses_the_embedding_in_the_batch(tiny_world_model, make_batch):
+    """With ``embedding`` already written by the world model, the loss uses it (no second pass)."""
+    target, source = tiny_world_model(), tiny_world_model()
+    batch = make_batch(B, T)
+    target(batch)
+    direct = StateAlignmentLoss(target, source)(batch)["loss_alignment"]
+    batch["embedding"] = batch["embedding"] * 0  # uniform softmax: a different KL
+    assert not torch.allclose(StateAlignmentLoss(target, source)(batch)["loss_alignment"], direct)
+
+
+def test_alignment_refuses_models_of_different_sizes(tiny_world_model):
+    with pytest.raises(ValueError, match="source and target world models differ in size"):
+        StateAlignmentLoss(tiny_world_model(deter=16), tiny_world_model(deter=32))
+
+
+def test_alignment_head_writes_log_softmax():
+    td = TensorDict(embedding=torch.tensor([[0.0, 1.0, 2.0]]), batch_size=[1])
+    AlignmentHead()(td)
+    torch.testing.assert_close(td["embedding_log_probs"].exp().sum(-1), torch.ones(1))
+    torch.testing.assert_close(td["embedding_log_probs"], torch.log_softmax(td["embedding"], -1))
+
+
+# ------------------------------------------------------------------ Eq. 4
+def test_relabel_formula_on_known_numbers(tiny_world_model, make_batch):
+    """r~ = (1 - k) sg(r') + k r_T, aligned with the states: the reward INTO o_t (previous
+    row's next.reward); masked at episode starts."""
+    source = tiny_world_model()
+    source.reward_head = ConstantHead(2.0)
+    batch = make_batch(1, 4)
+    batch["next", "reward"] = torch.tensor([10.0, 20.0, 30.0, 40.0]).reshape(1, 4, 1)
+    RewardRelabeler(source, k=0.25)(batch)
+    expected = torch.tensor([[0.0, 0.75 * 2 + 0.25 * 10, 0.75 * 2 + 0.25 * 20, 0.75 * 2 + 0.25 * 30]])
+    torch.testing.assert_close(batch["relabelled_reward"][:, 1:], expected[:, 1:])
+    assert batch["relabel_mask"].tolist() == [[False, True, True, True]]
+    assert not batch["relabelled_reward"].requires_grad and batch["source_reward"].requires_grad
+
+
+def test_relabel_leaves_the_target_latents_alone_and_checks_action_dims(tiny_world_model, make_batch):
+    target, source = tiny_world_model(), tiny_world_model()
+    batch = make_batch(B, T)
+    target(batch)
+    stoch = batch["stoch"].clone()
+    RewardRelabeler(source)(batch)
+    assert torch.equal(batch["stoch"], stoch), "the source posterior overwrote the target's latents"
+    with pytest.raises(ValueError, match="target actions are 3-d but the source world model takes 2-d"):
+        RewardRelabeler(source)(make_batch(B, T, action_dim=3))
+
+
+class ConstantHead(nn.Module):
+    """A reward head predicting ``value`` everywhere (with a parameter, so it has a graph)."""
+
+    def __init__(self, value: float):
+        super().__init__()
+        self.value = nn.Parameter(torch.tensor(value))
+
+    def forward(self, features):
+        return self.value.expand(features.shape[:-1])
+
+
+# ------------------------------------------------------------------ Eq. 5
+def test_eta_schedule_decays_linearly_then_holds():
+    eta = EtaSchedule(start=1.0, end=0.1, steps=100)
+    assert [round(eta(s), 6) for s in (0, 50, 100, 1000)] == [1.0, 0.55, 0.1, 0.1]
+    assert EtaSchedule.constant(0.98)(10**6) == 0.98
+    with pytest.raises(ValueError, match="start and end must be in"):
+        EtaSchedule(end=1.5)
+
+
+def test_mixed_reward_weights_source_and_relabelled_terms_by_eta(tiny_world_model, make_batch):
+    """loss_reward = eta * (the source's own reward NLL); loss_reward_relabelled =
+    (1 - eta) * NLL(r' ; r~) over non-initial target rows; image and KL terms untouched."""
+    source = tiny_world_model()
+    wm_loss = WorldModelLoss(source)
+    mixed = MixedRewardLoss(wm_loss, RewardRelabeler(source, k=0.5), eta=EtaSchedule(start=1.0, end=0.0, steps=4))
+    src, tgt = make_batch(B, T), make_batch(B, T)
+    torch.manual_seed(1)
+    plain = wm_loss(src.clone())
+    torch.manual_seed(1)  # the same latent samples for the source batch
+    out = mixed(TensorDict({"source": src, "target": tgt}), step=1)  # eta = 0.75
+    assert out["eta"].item() == 0.75
+    torch.testing.assert_close(out["loss_reward"], 0.75 * plain["loss_reward"], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(out["loss_image"], plain["loss_image"])
+    mask = tgt["relabel_mask"].float()
+    nll = 0.5 * (tgt["source_reward"] - tgt["relabelled_reward"]) ** 2 + 0.5 * torch.log(torch.tensor(2 * torch.pi))
+    torch.testing.assert_close(out["loss_reward_relabelled"], 0.25 * (nll * mask).sum() / mask.sum())
+
+
+def test_mixed_reward_relabelled_term_trains_the_source_model(tiny_world_model, make_batch):
+    source = tiny_world_model()
+    mixed = MixedRewardLoss(WorldModelLoss(source), RewardRelabeler(source), eta=EtaSchedule.constant(0.0))
+    out = mixed(TensorDict({"source": make_batch(B, T), "target": make_batch(B, T)}))
+    out["loss_reward_relabelled"].backward()
+    assert all(grads(source.reward_head).values()) and any(grads(source.encoder).values())
+    with pytest.raises(ValueError, match="same source world model"):
+        MixedRewardLoss(WorldModelLoss(source), RewardRelabeler(tiny_world_model()))
+
+
+# ------------------------------------------------------------------ Eq. 6
+def _imagined(features: torch.Tensor) -> TensorDict:
+    n, h = features.shape[:2]
+    return TensorDict(features=features, weight=torch.ones(n, h), value_target=torch.zeros(n, h), batch_size=[n, h])
+
+
+class FixedCritic(nn.Module):
+    """A critic returning given values ``[N, H]`` whatever the features."""
+
+    def __init__(self, values: torch.Tensor):
+        super().__init__()
+        self.values = values
+
+    def forward(self, features):
+        return self.values
+
+
+def test_min_max_gradient_is_zero_where_the_source_is_higher_and_alpha_where_lower():
+    """Target values [1, 5], source values [3, 2]: d/dv of alpha * max(v, sg(v')) is 0 at the
+    first state (source higher) and alpha at the second."""
+    imagined = _imagined(torch.zeros(1, 2, 4))
+    value = torch.tensor([[1.0, 5.0]], requires_grad=True)
+    source_critic = FixedCritic(torch.tensor([[3.0, 2.0]]))
+    out = MinMaxValuePenalty(source_critic, alpha=2.0)(imagined, value)
+    out["penalty"].sum().backward()
+    assert value.grad.tolist() == [[0.0, 2.0]]
+    assert out["value_exceeds_source"].item() == 0.5
+    torch.testing.assert_close(out["penalty"], torch.tensor([[6.0, 10.0]]))
+    value.grad = None
+    MinMaxValuePenalty(source_critic, alpha=2.0, mode="linear")(imagined, value)["penalty"].sum().backward()
+    assert value.grad.tolist() == [[2.0, 2.0]], "w/o Max pushes every state down"
+
+
+def test_min_max_penalty_inside_the_value_loss_leaves_the_source_critic_alone():
+    target_critic, source_critic = ScalarHead(4, layers=1, units=8), ScalarHead(4, layers=1, units=8)
+    value_loss = ValueLoss(target_critic, penalty=MinMaxValuePenalty(source_critic, alpha=1.0))
+    assert not any("source" in name for name, _ in value_loss.named_parameters())
+    out = value_loss(_imagined(torch.randn(3, 4, 4)))
+    assert {"loss_value", "loss_value_penalty", "value_exceeds_source", "source_value"} <= set(out.keys())
+    (out["loss_value"] + out["loss_value_penalty"]).backward()
+    assert all(p.grad is None for p in source_critic.parameters())
+    with pytest.raises(ValueError, match="mode='min'"):
+        MinMaxValuePenalty(source_critic, mode="min")
+
+
+# ------------------------------------------------------------------ Eq. 12
+def test_source_selection_picks_the_source_identical_to_the_target(tiny_world_model, make_batch):
+    target = tiny_world_model()
+    identical = tiny_world_model()
+    identical.load_state_dict(target.state_dict())
+    unrelated = tiny_world_model()
+    index, kls = select_source(target, [unrelated, identical], make_batch(B, T)["pixels"])
+    assert index == 1 and kls[1].item() == pytest.approx(0.0, abs=1e-6) and kls[0] > 0
