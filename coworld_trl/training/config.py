@@ -10,6 +10,8 @@ import copy
 from dataclasses import asdict, dataclass, field, fields, is_dataclass
 from typing import Any, Optional
 
+from coworld_trl.agents.coworld import CouplingConfig  # the couplings' schema lives with the agent
+
 
 @dataclass
 class EnvConfig:
@@ -116,6 +118,42 @@ class DreamerConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     output_dir: str = "runs/dreamer"
+
+
+@dataclass
+class ScheduleConfig:
+    """Algorithm 1's phases. A source update follows every ``train.train_every`` source env steps.
+
+    Defaults follow the paper for DMC: 3e4 frames of source pretraining, then rounds of
+    K1 = 2e4 target updates and K2 = 2e4 source updates.
+    """
+
+    source_pretrain_frames: int = 30_000
+    rounds: int = 6
+    offline_updates: int = 20_000  # K1 per round
+    online_updates: int = 20_000  # K2 per round
+    eval_every_target_updates: int = 5_000
+    checkpoint_every_updates: int = 5_000
+
+
+@dataclass
+class CoWorldConfig:
+    """A CoWorld run: the target env and its offline dataset, the source env(s), shared
+    model/agent sizes, couplings and schedule."""
+
+    target: EnvConfig = field(default_factory=lambda: EnvConfig(name="dmc/walker_downhill"))
+    sources: list = field(default_factory=lambda: ["dmc/walker_walk"])
+    dataset: str = "datasets/dmc/walker_downhill/medium-replay"
+    make_dataset_episodes: int = 0  # > 0: make a random dataset of that many episodes if missing
+    model: ModelConfig = field(default_factory=ModelConfig)
+    agent: AgentConfig = field(default_factory=AgentConfig)
+    coupling: CouplingConfig = field(default_factory=CouplingConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
+    output_dir: str = "runs/coworld"
 
 
 @dataclass
@@ -229,3 +267,19 @@ def register_hydra_configs(schema: type = DreamerConfig, presets: dict | None = 
     store.store(name="dreamer_schema", node=schema)
     for name, overrides in (presets or PRESETS).items():
         store.store(group="preset", name=name, node=overrides, package="_global_")
+
+
+def _coworld_presets() -> dict[str, dict[str, dict[str, Any]]]:
+    """The DreamerV2 presets' sizes plus CoWorld's schedule for each."""
+    presets = copy.deepcopy(PRESETS)
+    presets["reference"]["coupling"] = dict(k=0.3)  # the official code relabels with k = 0.3 everywhere
+    presets["quick"].update(
+        schedule=dict(source_pretrain_frames=4_000, rounds=2, offline_updates=100, online_updates=100,
+                      eval_every_target_updates=100, checkpoint_every_updates=100),
+        make_dataset_episodes=6,  # a small random target dataset is made on the fly if missing
+    )
+    presets["quick"]["eval"] = dict(episodes=2)
+    return presets
+
+
+COWORLD_PRESETS = _coworld_presets()

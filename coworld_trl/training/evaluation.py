@@ -10,28 +10,46 @@ from torchrl.record.loggers import Logger
 MAX_EPISODE_STEPS = 100_000
 
 
+def discounted_returns(reward: torch.Tensor, gamma: float) -> torch.Tensor:
+    """``G_t = sum_{k >= 0} gamma^k r_{t+k}`` to the end of the episode, for ``[T]`` rewards."""
+    out, running = torch.empty_like(reward), torch.zeros((), dtype=reward.dtype)
+    for t in range(reward.shape[0] - 1, -1, -1):
+        running = reward[t] + gamma * running
+        out[t] = running
+    return out
+
+
 class Evaluator:
     """Runs ``episodes`` deterministic episodes (actor mean, posterior mode).
 
     The first episode goes through TorchRL's :class:`VideoRecorder` when ``logger`` is
     given. Returns ``eval/return_mean``, ``eval/return_std`` and, where the env reports
-    ``success``, ``eval/success_rate``.
+    ``success``, ``eval/success_rate``. With ``state_value`` (``rollout -> [T]`` critic
+    values of the posterior states the policy visited) it also returns
+    ``eval/value_bias``: the critic's estimate minus the discounted return actually
+    obtained from each state (``gamma``), averaged over all steps of all episodes;
+    positive means overestimation.
     """
 
-    def __init__(self, env: EnvBase, *, episodes: int = 10, logger: Logger | None = None, video: bool = True):
+    def __init__(self, env: EnvBase, *, episodes: int = 10, logger: Logger | None = None, video: bool = True,
+                 state_value=None, gamma: float = 0.99):
         self.env, self.episodes = env, episodes
+        self.state_value, self.gamma = state_value, gamma
         self.recorder = VideoRecorder(logger, tag="eval/video", in_keys=["pixels"]) if (logger and video) else None
         self.recording_env = (TransformedEnv(env, self.recorder, auto_unwrap=False)
                               if self.recorder is not None else None)
 
     @torch.no_grad()
     def __call__(self, policy, step: int) -> dict[str, float | list[float]]:
-        returns, successes = [], []
+        returns, successes, biases = [], [], []
         with set_exploration_type(ExplorationType.DETERMINISTIC):
             for episode in range(self.episodes):
                 env = self.recording_env if (episode == 0 and self.recording_env is not None) else self.env
                 rollout = env.rollout(MAX_EPISODE_STEPS, policy, break_when_any_done=True)
                 returns.append(rollout["next", "reward"].sum().item())
+                if self.state_value is not None:
+                    reward = rollout["next", "reward"].reshape(-1)
+                    biases.append(self.state_value(rollout).reshape(-1) - discounted_returns(reward, self.gamma))
                 if ("next", "success") in rollout.keys(True):
                     successes.append(float(rollout["next", "success"].any()))
                 if episode == 0 and self.recorder is not None:
@@ -44,4 +62,6 @@ class Evaluator:
         }
         if successes:
             metrics["eval/success_rate"] = sum(successes) / len(successes)
+        if biases:
+            metrics["eval/value_bias"] = torch.cat(biases).mean().item()
         return metrics

@@ -167,7 +167,8 @@ class OnlineTrainer:
                 # 2. learn: world model, then actor and critic in imagination
                 if c.frames >= s.prefill_frames:
                     for _ in range(s.updates_per_train):
-                        pending.append(self.agent.update(sample_sequences(self.buffer, s.batch_size, s.seq_len)))
+                        batch = sample_sequences(self.buffer, s.batch_size, s.seq_len)
+                        pending.append(self.agent.update(batch.to(next(self.agent.parameters()).device)))
                         c.updates += 1
                         if c.updates % s.log_every_updates == 0:
                             self._log_updates(pending, started)
