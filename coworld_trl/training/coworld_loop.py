@@ -23,7 +23,6 @@ import time
 from dataclasses import asdict, dataclass
 from typing import Callable, Sequence
 
-import torch
 from tensordict import TensorDictBase
 from torchrl.data import ReplayBuffer
 from torchrl.record.loggers import Logger
