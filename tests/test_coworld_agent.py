@@ -1,0 +1,156 @@
+"""The CoWorld agent's invariants and recipes/coworld_dmc.py end to end (tiny sizes)."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from coworld_trl.agents.coworld import CouplingConfig, make_coworld_agent
+from coworld_trl.training.config import AgentConfig, ModelConfig
+
+TINY_MODEL = ModelConfig(stoch=4, classes=4, deter=16, hidden=16, cnn_depth=16, mlp_units=16, reward_layers=1,
+                         actor_layers=1, critic_layers=1)
+B, T = 2, 6
+
+
+def snapshot(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+
+def changed(before: dict, module: torch.nn.Module) -> bool:
+    return any(not torch.equal(before[k], v) for k, v in module.state_dict().items())
+
+
+def make_agent(**coupling):
+    return make_coworld_agent(TINY_MODEL, AgentConfig(), CouplingConfig(**coupling), action_dim=2, num_sources=2)
+
+
+def test_target_update_moves_only_the_target(make_batch):
+    agent = make_agent()
+    sources = [snapshot(s) for s in agent.sources]
+    target = snapshot(agent.target)
+    metrics = agent.target_update(make_batch(B, T))
+    assert changed(target, agent.target)
+    assert not any(changed(b, s) for b, s in zip(sources, agent.sources)), "a target update changed a source"
+    assert {"loss_alignment", "loss_value_penalty", "value_exceeds_source"} <= set(metrics.keys())
+
+
+def test_source_update_with_relabelling_moves_only_that_source(make_batch):
+    agent = make_agent()
+    target, other = snapshot(agent.target), snapshot(agent.sources[1])
+    source = snapshot(agent.sources[0])
+    metrics = agent.source_update(make_batch(B, T), make_batch(B, T), index=0)
+    assert changed(source, agent.sources[0])
+    assert not changed(target, agent.target) and not changed(other, agent.sources[1])
+    assert {"loss_reward_relabelled", "eta"} <= set(metrics.keys()) and agent.source_updates == [1, 0]
+
+
+def test_ablation_switches_remove_their_terms(make_batch):
+    agent = make_agent(alignment=False, relabel=False, value_constraint="none")
+    target_metrics = agent.target_update(make_batch(B, T))
+    source_metrics = agent.source_update(make_batch(B, T), make_batch(B, T))
+    assert "loss_alignment" not in target_metrics.keys() and "loss_value_penalty" not in target_metrics.keys()
+    assert "loss_reward_relabelled" not in source_metrics.keys()
+    linear = make_agent(value_constraint="linear")
+    assert linear.penalty.mode == "linear"
+
+
+def test_choosing_a_source_redirects_alignment_and_value_constraint(make_batch):
+    agent = make_agent()
+    agent.sources[1].world_model.load_state_dict(agent.target.world_model.state_dict())
+    index, kls = agent.choose_source(make_batch(B, T))
+    assert index == 1 and agent.active_source == 1
+    assert agent.penalty.source_critic is agent.sources[1].critic
+    state = agent.checkpoint_state()
+    fresh = make_agent()
+    fresh.load_checkpoint_state(state)
+    assert fresh.active_source == 1 and fresh.penalty.source_critic is fresh.sources[1].critic
+
+
+def test_different_latent_sizes_are_refused():
+    from coworld_trl.agents.coworld import CoWorldAgent
+    from coworld_trl.agents.dreamer import DreamerV2Agent, build_networks
+
+    small, big = TINY_MODEL, ModelConfig(**{**TINY_MODEL.__dict__, "deter": 32, "hidden": 32})
+    agents = [DreamerV2Agent(*build_networks(m, action_dim=2, obs_shape=(3, 64, 64)), AgentConfig()) for m in (small, big)]
+    with pytest.raises(ValueError, match="source and target world models differ in size"):
+        CoWorldAgent(agents[0], [agents[1]], CouplingConfig())
+
+
+# ------------------------------------------------------------------ the recipe
+RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "coworld_dmc.py"
+TINY = [
+    "model.stoch=4", "model.classes=4", "model.deter=32", "model.hidden=32", "model.mlp_units=32",
+    "data.batch_size=2", "data.seq_len=8", "data.buffer_capacity=5000", "train.threads=1", "train.device=cpu",
+    "target.fast_render=true", "target.action_repeat=8", "eval.episodes=1",
+    "schedule.source_pretrain_frames=2400", "train.prefill_frames=2000", "schedule.offline_updates=4",
+    "schedule.online_updates=4", "schedule.eval_every_target_updates=4", "schedule.checkpoint_every_updates=2",
+    "make_dataset_episodes=2",
+]
+
+
+def run_recipe(overrides: list[str], cwd: Path, **kwargs):
+    env = {**os.environ, "MUJOCO_GL": os.environ.get("MUJOCO_GL", "egl")}
+    env.pop("HYDRA_FULL_ERROR", None)
+    return subprocess.run([sys.executable, str(RECIPE), *overrides], cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=600, **kwargs)
+
+
+def test_coworld_recipe_runs_end_to_end_then_says_finished(tmp_path):
+    """Quick preset with tiny sizes: makes its small dataset, pretrains the source, runs two
+    rounds, evaluates the target (return, value bias, video), checkpoints; a re-run is a no-op."""
+    out = tmp_path / "run"
+    proc = run_recipe([*TINY, f"output_dir={out}", f"dataset={tmp_path / 'ds'}"], tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    assert [r["target_updates"] for r in results] == [4, 8]
+    assert all("eval/value_bias" in r and isinstance(r["eval/return_mean"], float) for r in results)
+    # pretraining: 60 collections of 5 steps x 8 frames; updates start once 2000 frames are
+    # stored (collections 50..60: 11 updates); then 4 source updates per online phase
+    assert [r["source_updates"] for r in results] == [11, 15]
+    assert [r["source_frames"] for r in results] == [2400, 2400 + 4 * 5 * 8]
+    config = yaml.safe_load((out / "config.yaml").read_text())
+    assert config["coupling"]["beta"] == 1.5 and config["sources"] == ["dmc/walker_walk"]
+    assert (out / "checkpoint.pt").exists() and list((out / "logs" / "videos").glob("*.mp4"))
+    assert (out / "logs" / "scalars" / "eval" / "value_bias.csv").exists()
+    again = run_recipe([*TINY, f"output_dir={out}", f"dataset={tmp_path / 'ds'}"], tmp_path)
+    assert again.returncode == 0 and "finished" in again.stderr + again.stdout
+
+
+def test_coworld_recipe_resumes_after_being_killed(tmp_path):
+    """Killed after its first checkpoint, the same command resumes from it and completes
+    the schedule: the final update counts are those of an uninterrupted run."""
+    out, ds = tmp_path / "run", tmp_path / "ds"
+    overrides = [*TINY, f"output_dir={out}", f"dataset={ds}", "schedule.offline_updates=30",
+                 "schedule.eval_every_target_updates=30", "schedule.checkpoint_every_updates=5"]
+    env = {**os.environ, "MUJOCO_GL": os.environ.get("MUJOCO_GL", "egl")}
+    proc = subprocess.Popen([sys.executable, str(RECIPE), *overrides], cwd=tmp_path, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    while not (out / "checkpoint.pt").exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.5)
+    time.sleep(2)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert (out / "checkpoint.pt").exists(), "no checkpoint before the kill"
+    resumed = run_recipe(overrides, tmp_path)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resuming" in resumed.stderr + resumed.stdout
+    results = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    assert results[-1]["target_updates"] == 60 and results[-1]["round"] == 1  # evaluated in the last offline phase
+
+
+def test_missing_dataset_names_the_collect_command(tmp_path):
+    proc = run_recipe([f"output_dir={tmp_path / 'run'}", f"dataset={tmp_path / 'none'}", "make_dataset_episodes=0"],
+                      tmp_path)
+    assert proc.returncode != 0
+    assert "does not exist; make it with `python recipes/collect_dataset.py" in proc.stderr
+    assert not (tmp_path / "run").exists()
