@@ -17,8 +17,6 @@ checkpointed, so re-running the same command resumes; a finished run says so and
 from __future__ import annotations
 
 import logging
-import os
-import shutil
 import time
 from dataclasses import asdict, dataclass
 from typing import Callable, Sequence
@@ -29,7 +27,8 @@ from torchrl.record.loggers import Logger
 from tqdm import tqdm
 
 from coworld_trl.agents.coworld import CoWorldAgent
-from coworld_trl.training.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from coworld_trl.training.checkpoint import (dump_replay, load_checkpoint, prune_replays, rng_state, save_checkpoint,
+                                             set_rng_state)
 from coworld_trl.training.config import ScheduleConfig
 from coworld_trl.training.logging import log_metrics
 from coworld_trl.training.loop import NOT_STORED, mark_last_transition_truncated, sample_sequences
@@ -80,23 +79,20 @@ class CoWorldTrainer:
         self._collectors: dict[int, object] = {}
 
     # ------------------------------------------------------------------ state
-    def _replay_dir(self, index: int):
-        return self.run_dir.path / f"replay_source{index}"
-
     def save(self) -> None:
-        for index, buffer in enumerate(self.source_buffers):
-            if len(buffer):
-                target, staging = self._replay_dir(index), self._replay_dir(index).with_suffix(".tmp")
-                shutil.rmtree(staging, ignore_errors=True)
-                buffer.storage.dumps(staging)
-                shutil.rmtree(target, ignore_errors=True)
-                os.replace(staging, target)
+        """Checkpoint agents, counters, RNG and source replays; never leaves a checkpoint
+        pointing at a missing replay (see :func:`dump_replay`)."""
         c = self.counters
-        c.last_checkpoint_update = c.target_updates + c.source_updates
+        tag = c.target_updates + c.source_updates
+        replays = [dump_replay(b, self.run_dir.path, f"replay_source{i}", tag) if len(b) else None
+                   for i, b in enumerate(self.source_buffers)]
+        c.last_checkpoint_update = tag
         save_checkpoint(self.run_dir.checkpoint, {
             "agent": self.agent.checkpoint_state(), "counters": asdict(c), "rng": rng_state(),
-            "replay_writers": [b.writer.state_dict() for b in self.source_buffers],
+            "replays": replays, "replay_writers": [b.writer.state_dict() for b in self.source_buffers],
         })
+        for index, replay in enumerate(replays):
+            prune_replays(self.run_dir.path, f"replay_source{index}", replay)
 
     def restore(self) -> bool:
         if not self.run_dir.checkpoint.exists():
@@ -105,9 +101,9 @@ class CoWorldTrainer:
         self.agent.load_checkpoint_state(state["agent"])
         self.counters = CoWorldCounters(**state["counters"])
         set_rng_state(state["rng"])
-        for index, (buffer, writer) in enumerate(zip(self.source_buffers, state["replay_writers"])):
-            if self._replay_dir(index).exists():
-                buffer.storage.loads(self._replay_dir(index))
+        for buffer, replay, writer in zip(self.source_buffers, state["replays"], state["replay_writers"]):
+            if replay is not None:
+                buffer.storage.loads(self.run_dir.path / replay)
                 buffer.writer.load_state_dict(writer)
                 mark_last_transition_truncated(buffer)
         return True

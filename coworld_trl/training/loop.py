@@ -6,8 +6,6 @@ none of them. Re-running with the same run directory resumes from the last check
 from __future__ import annotations
 
 import logging
-import os
-import shutil
 import time
 from dataclasses import asdict, dataclass
 from typing import Callable
@@ -19,7 +17,8 @@ from torchrl.record.loggers import Logger
 from tqdm import tqdm
 
 from coworld_trl.modules.policy import STATE_KEYS
-from coworld_trl.training.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from coworld_trl.training.checkpoint import (dump_replay, load_checkpoint, prune_replays, rng_state, save_checkpoint,
+                                             set_rng_state)
 from coworld_trl.training.logging import log_metrics
 from coworld_trl.training.run_dir import RunDirectory
 
@@ -101,20 +100,18 @@ class OnlineTrainer:
 
     # ------------------------------------------------------------------ state
     def save(self) -> None:
-        """Checkpoint agent, counters, RNG and replay (memmap + JSON, no pickles)."""
-        replay, staging = self.run_dir.replay, self.run_dir.replay.with_name("replay.tmp")
-        if len(self.buffer):
-            shutil.rmtree(staging, ignore_errors=True)
-            self.buffer.storage.dumps(staging)
-            shutil.rmtree(replay, ignore_errors=True)
-            os.replace(staging, replay)
+        """Checkpoint agent, counters, RNG and replay (memmap + JSON, no pickles); a run
+        killed at any point leaves a checkpoint whose replay folder exists."""
+        replay = dump_replay(self.buffer, self.run_dir.path, "replay", self.counters.frames) if len(self.buffer) else None
         self.counters.last_checkpoint_update = self.counters.updates
         save_checkpoint(self.run_dir.checkpoint, {
             "agent": self.agent.checkpoint_state(),
             "counters": asdict(self.counters),
+            "replay": replay,
             "replay_writer": self.buffer.writer.state_dict(),
             "rng": rng_state(),
         })
+        prune_replays(self.run_dir.path, "replay", replay)
 
     def restore(self) -> bool:
         if not self.run_dir.checkpoint.exists():
@@ -123,8 +120,8 @@ class OnlineTrainer:
         self.agent.load_checkpoint_state(state["agent"])
         self.counters = Counters(**state["counters"])
         set_rng_state(state["rng"])
-        if self.run_dir.replay.exists():
-            self.buffer.storage.loads(self.run_dir.replay)
+        if state["replay"] is not None:
+            self.buffer.storage.loads(self.run_dir.path / state["replay"])
             self.buffer.writer.load_state_dict(state["replay_writer"])
             mark_last_transition_truncated(self.buffer)
         return True

@@ -23,7 +23,8 @@ class RunDirectory:
     """One run's folder. Re-running with the same folder resumes; a different config is refused.
 
     Layout: ``config.yaml`` (resolved config), ``results.jsonl`` (one record per
-    evaluation), ``checkpoint.pt`` (latest state), ``replay/`` (replay buffer),
+    evaluation), ``checkpoint.pt`` (latest state), ``replay.<frames>/`` (the replay buffer the checkpoint
+    references),
     ``logs/`` (logger output, videos).
     """
 
@@ -46,10 +47,6 @@ class RunDirectory:
     @property
     def checkpoint(self) -> Path:
         return self.path / "checkpoint.pt"
-
-    @property
-    def replay(self) -> Path:
-        return self.path / "replay"
 
     @property
     def results(self) -> Path:
