@@ -8,19 +8,11 @@
 
 Re-running the same command with the same output_dir resumes the run.
 """
-import hydra
-from omegaconf import DictConfig, OmegaConf
+from pathlib import Path
 
-from coworld_trl.training.config import COWORLD_PRESETS, CoWorldConfig, from_dict, register_hydra_configs
-from coworld_trl.training.coworld_experiment import run_coworld
+from coworld_trl.training.coworld_experiment import coworld_recipe
 
-register_hydra_configs(CoWorldConfig, COWORLD_PRESETS)
-
-
-@hydra.main(config_path="config", config_name="coworld_dmc", version_base=None)
-def main(cfg: DictConfig) -> None:
-    run_coworld(from_dict(CoWorldConfig, OmegaConf.to_container(cfg, resolve=True)))
-
+main = coworld_recipe("coworld_dmc", Path(__file__).parent / "config")
 
 if __name__ == "__main__":
     main()

@@ -154,3 +154,28 @@ def test_missing_dataset_names_the_collect_command(tmp_path):
     assert proc.returncode != 0
     assert "does not exist; make it with `python recipes/collect_dataset.py" in proc.stderr
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("recipe, target_dim", [("coworld_metaworld", 4), ("coworld_robodesk", 5)])
+def test_metaworld_and_robodesk_recipes_run_end_to_end(tmp_path, recipe, target_dim):
+    """Meta-World -> Meta-World and Meta-World (4-d, padded) -> RoboDesk (5-d): the quick
+    preset with tiny sizes and 100-step episodes runs, evaluates success and checkpoints."""
+    if recipe == "coworld_robodesk":
+        pytest.importorskip("robodesk")
+    out = tmp_path / "run"
+    overrides = [o for o in TINY if not o.startswith(("target.action_repeat", "schedule.source_pretrain_frames",
+                                                      "train.prefill_frames"))]
+    overrides += ["target.action_repeat=5", "schedule.source_pretrain_frames=700", "train.prefill_frames=500",
+                  f"output_dir={out}", f"dataset={tmp_path / 'ds'}"]
+    env = {**os.environ, "MUJOCO_GL": os.environ.get("MUJOCO_GL", "egl")}
+    proc = subprocess.run([sys.executable, str(RECIPE.with_name(f"{recipe}.py")), *overrides], cwd=tmp_path,
+                          env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    assert [r["target_updates"] for r in results] == [4, 8]
+    assert all("eval/success_rate" in r and "eval/value_bias" in r for r in results)
+    config = yaml.safe_load((out / "config.yaml").read_text())
+    assert (config["coupling"]["alpha"], config["coupling"]["k"], config["coupling"]["beta"]) == (2.0, 0.3, 1.0)
+    from coworld_trl.data import OfflineDataset
+
+    assert OfflineDataset(tmp_path / "ds").metadata.action_dim == target_dim

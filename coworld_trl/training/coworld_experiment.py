@@ -137,3 +137,20 @@ def run_coworld(config: CoWorldConfig) -> CoWorldCounters:
                              seq_len=config.data.seq_len, frames_per_step=repeat,
                              prefill_frames=train.prefill_frames, train_every=train.train_every)
     return trainer.run()
+
+
+def coworld_recipe(config_name: str, config_dir: str | Path):
+    """The Hydra entry point of a CoWorld recipe: ``config_dir/<config_name>.yaml`` on top
+    of the :class:`CoWorldConfig` schema and its presets (``preset=quick|paper|reference``)."""
+    import hydra
+    from omegaconf import OmegaConf
+
+    from coworld_trl.training.config import COWORLD_PRESETS, from_dict, register_hydra_configs
+
+    register_hydra_configs(CoWorldConfig, COWORLD_PRESETS)
+
+    @hydra.main(config_path=str(Path(config_dir).resolve()), config_name=config_name, version_base=None)
+    def main(cfg) -> None:
+        run_coworld(from_dict(CoWorldConfig, OmegaConf.to_container(cfg, resolve=True)))
+
+    return main
