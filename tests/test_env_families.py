@@ -260,3 +260,40 @@ def test_list_cli_prints_every_paper_task_with_its_action_dim(capsys):
     if "robodesk/push_green" in list_envs():
         expected |= {f"robodesk/{t}": "5" for t in PAPER_ROBODESK}
     assert {name: row[2] for name, row in lines.items()} == expected  # row: name, "*", action dim, ...
+
+
+def test_renderers_of_different_libraries_do_not_trample_each_other():
+    """Meta-World (gymnasium's EGL contexts) and DMC / RoboDesk (dm_control's) in one process:
+    between two renders of an env, other envs of both libraries are created, rendered,
+    closed and garbage-collected (freeing a context releases the thread's current one).
+    Every env still renders its own frames: the same as a twin env that rendered alone."""
+    import gc
+
+    names = ["metaworld/button-press", "dmc/walker_walk"]
+    try:
+        import robodesk  # noqa: F401
+        names.append("robodesk/push_green")
+    except ImportError:
+        pass
+
+    def two_resets(name, trample=None):
+        env = make_env(name, seed=1, fast_render=True)
+        frames = [env.reset()["pixels"].clone()]
+        if trample is not None:
+            trample()
+        frames.append(env.reset()["pixels"].clone())
+        env.close()
+        return frames
+
+    def trample():
+        for other in names:
+            env = make_env(other, seed=5, fast_render=True)
+            env.reset()
+            del env  # not closed: its context is freed by the garbage collector
+        gc.collect()
+
+    for name in names:
+        alone = two_resets(name)
+        interleaved = two_resets(name, trample)
+        assert all(frame.float().std() > 5 for frame in interleaved), f"{name}: blank frame"
+        assert torch.equal(alone[1], interleaved[1]), f"{name}: another renderer's context was used"
