@@ -24,7 +24,7 @@ import numpy as np
 from dm_control.suite.wrappers import pixels
 from dm_env import specs
 
-from coworld_trl.envs.gl import forget_dm_control_current
+from coworld_trl.envs.gl import exclusive_render
 
 SLOPE_DEGREES = 15
 _GRAVITY = {"uphill": "-2.54 0 -9.47", "downhill": "2.54 0 -9.47"}  # 9.81 * (sin, cos) of 15 degrees
@@ -137,8 +137,8 @@ class PixelActionRepeat(pixels.Wrapper):
         return self._repeat
 
     def _observe(self, step: dm_env.TimeStep, reward) -> dm_env.TimeStep:
-        forget_dm_control_current()  # another renderer may have changed the current context (envs/gl.py)
-        obs = {"pixels": np.array(self._env.physics.render(**self._render_kwargs), copy=True)}
+        with exclusive_render():  # another renderer may have changed the current context (envs/gl.py)
+            obs = {"pixels": np.array(self._env.physics.render(**self._render_kwargs), copy=True)}
         if self._state:
             obs["observation"] = np.concatenate([np.ravel(v) for v in step.observation.values()]).astype(np.float32)
         return step._replace(observation=obs, reward=reward)

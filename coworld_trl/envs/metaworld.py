@@ -17,7 +17,7 @@ import torch
 from tensordict.nn import TensorDictModuleBase
 
 from coworld_trl.envs.dmc import disable_shadows_and_reflections
-from coworld_trl.envs.gl import forget_dm_control_current, make_gymnasium_context_current
+from coworld_trl.envs.gl import exclusive_render, make_gymnasium_context_current
 
 EPISODE_STEPS = 500
 CAMERA = "corner"
@@ -56,9 +56,13 @@ class PixelRepeat(gym.Wrapper):
         })
 
     def _observe(self, state) -> dict:
-        make_gymnasium_context_current(self.env)  # see coworld_trl/envs/gl.py
-        frame = self.env.render()
-        forget_dm_control_current()
+        with exclusive_render(lambda: make_gymnasium_context_current(self.env)):  # see envs/gl.py
+            frame = self.env.render()
+            if not frame.any():  # a lost GL context draws nothing: rebuild the viewer once (envs/gl.py)
+                self.env.unwrapped.mujoco_renderer.close()
+                self.env.unwrapped.mujoco_renderer._viewers.clear()
+                make_gymnasium_context_current(self.env)
+                frame = self.env.render()
         if not self._close_at_exit:
             # An env still open at exit must free its GL context before MuJoCo's exit hook
             # (registered at the first render) terminates EGL; gymnasium's renderer would

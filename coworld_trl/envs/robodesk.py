@@ -21,7 +21,7 @@ import gymnasium as gym
 import numpy as np
 
 from coworld_trl.envs.dmc import disable_shadows_and_reflections
-from coworld_trl.envs.gl import forget_dm_control_current
+from coworld_trl.envs.gl import exclusive_render
 
 EPISODE_STEPS = 500
 # RoboDesk's own names; the paper writes "drawer_open" for RoboDesk's "open_drawer".
@@ -111,13 +111,12 @@ class RoboDeskEnv(gym.Env):
     def reset(self, *, seed: int | None = None, options=None):
         if seed is not None:
             self._rng = np.random.RandomState(seed)
-        forget_dm_control_current()  # RoboDesk renders inside reset/step (envs/gl.py)
-        with _global_numpy_rng(self._rng):
+        with _global_numpy_rng(self._rng), exclusive_render():  # RoboDesk renders inside reset/step (envs/gl.py)
             obs = self._env.reset()
         return self._observe(obs), {"success": np.array([False])}
 
     def step(self, action):
-        forget_dm_control_current()
-        obs, reward, done, _ = self._env.step(np.asarray(action, np.float64))
+        with exclusive_render():
+            obs, reward, done, _ = self._env.step(np.asarray(action, np.float64))
         success = bool(self._env._get_task_reward(self.task, "success"))
         return self._observe(obs), float(reward), False, bool(done), {"success": np.array([success])}
