@@ -178,4 +178,4 @@ def test_metaworld_and_robodesk_recipes_run_end_to_end(tmp_path, recipe, target_
     assert (config["coupling"]["alpha"], config["coupling"]["k"], config["coupling"]["beta"]) == (2.0, 0.3, 1.0)
     from coworld_trl.data import OfflineDataset
 
-    assert OfflineDataset(tmp_path / "ds").metadata.action_dim == target_dim
+    assert OfflineDataset(tmp_path / "random-2ep").metadata.action_dim == target_dim

@@ -29,7 +29,9 @@ log = logging.getLogger(__name__)
 
 
 def open_target_dataset(config: CoWorldConfig) -> OfflineDataset:
-    """The target dataset; made on the fly (random policy) only when asked to."""
+    """The target dataset. When it is missing and ``make_dataset_episodes`` > 0, a small
+    random-policy dataset is made next to it, named for what it is
+    (``<dataset parent>/random-<N>ep``), and used instead."""
     path = Path(config.dataset)
     if not (path / "metadata.json").exists():
         if config.make_dataset_episodes <= 0:
@@ -37,12 +39,16 @@ def open_target_dataset(config: CoWorldConfig) -> OfflineDataset:
                 f"target dataset {path} does not exist; make it with `python recipes/collect_dataset.py "
                 f"env.name={config.target.name} collect.output={path} collect.kind=medium-replay "
                 f"collect.reference_score=...`, or pass make_dataset_episodes=N for a small random one.")
-        from coworld_trl.training.collect import collect_dataset
-        from coworld_trl.training.config import CollectConfig, CollectDatasetConfig
+        path = path.parent / f"random-{config.make_dataset_episodes}ep"
+        if not (path / "metadata.json").exists():
+            from coworld_trl.training.collect import collect_dataset
+            from coworld_trl.training.config import CollectConfig, CollectDatasetConfig
 
-        log.info("making a random target dataset of %d episodes at %s", config.make_dataset_episodes, path)
-        collect_dataset(CollectDatasetConfig(env=config.target, train=config.train, collect=CollectConfig(
-            kind="random", output=str(path), episodes=config.make_dataset_episodes)))
+            log.info("%s is missing: making a random target dataset of %d episodes at %s", config.dataset,
+                     config.make_dataset_episodes, path)
+            collect_dataset(CollectDatasetConfig(env=config.target, train=config.train, collect=CollectConfig(
+                kind="random", output=str(path), episodes=config.make_dataset_episodes)))
+        log.info("target dataset: %s", path)
     dataset = OfflineDataset(path)
     if dataset.metadata.env not in (None, config.target.name):
         raise DatasetError(f"{path} was made on {dataset.metadata.env}, but the target env is {config.target.name}; "
