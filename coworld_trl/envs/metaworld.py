@@ -48,11 +48,11 @@ class PixelRepeat(gym.Wrapper):
         super().__init__(env)
         self.repeat, self.flip = repeat, flip
         self._close_at_exit = False
-        frame = env.observation_space  # the state vector's box
+        state_space = env.observation_space
         size = env.unwrapped.height
         self.observation_space = gym.spaces.Dict({
             "pixels": gym.spaces.Box(0, 255, (size, size, 3), np.uint8),
-            "observation": gym.spaces.Box(-np.inf, np.inf, frame.shape, np.float32),
+            "observation": gym.spaces.Box(-np.inf, np.inf, state_space.shape, np.float32),
         })
 
     def _observe(self, state) -> dict:

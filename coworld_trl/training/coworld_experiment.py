@@ -8,7 +8,6 @@ import logging
 import random
 from pathlib import Path
 
-import torch
 from torch.nn import functional as F
 from torchrl.collectors import Collector
 from torchrl.envs import RewardSum
@@ -20,9 +19,8 @@ from coworld_trl.modules.policy import latent_state_primer
 from coworld_trl.training.config import CoWorldConfig, action_repeat, to_dict
 from coworld_trl.training.coworld_loop import CoWorldCounters, CoWorldTrainer
 from coworld_trl.training.evaluation import Evaluator
-from coworld_trl.training.experiment import make_sequence_buffer, resolve_device, seed_everything
+from coworld_trl.training.experiment import make_sequence_buffer, prepare_process
 from coworld_trl.training.logging import make_logger
-from coworld_trl.training.memory import keep_freed_memory
 from coworld_trl.training.run_dir import RunDirectory
 
 log = logging.getLogger(__name__)
@@ -79,12 +77,7 @@ def run_coworld(config: CoWorldConfig) -> CoWorldCounters:
     dataset = open_target_dataset(config)
     run_dir = RunDirectory(config.output_dir, to_dict(config))
     train = config.train
-    if train.threads:
-        torch.set_num_threads(train.threads)
-    if train.keep_freed_memory:
-        keep_freed_memory()
-    device = resolve_device(train.device)
-    seed_everything(train.seed)
+    device = prepare_process(train)
 
     # One action space for every domain: the widest, the others padded (ignored dims).
     dims = {name: env_info(name).action_dim for name in [config.target.name, *config.sources]}

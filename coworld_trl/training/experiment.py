@@ -39,6 +39,16 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def prepare_process(train) -> torch.device:
+    """Threads, allocator, seeds and device of a training process (``TrainConfig``); returns the device."""
+    if train.threads:
+        torch.set_num_threads(train.threads)
+    if train.keep_freed_memory:
+        keep_freed_memory()
+    seed_everything(train.seed)
+    return resolve_device(train.device)
+
+
 def make_sequence_buffer(capacity: int, seq_len: int) -> TensorDictReplayBuffer:
     """Disk-backed (memory-mapped) TED storage sampled as within-episode slices of ``seq_len``."""
     return TensorDictReplayBuffer(
@@ -57,12 +67,7 @@ def run_online_dreamer(config: DreamerConfig, *, on_collect: Callable | None = N
     validate(config)
     run_dir = RunDirectory(config.output_dir, to_dict(config))
     train = config.train
-    if train.threads:
-        torch.set_num_threads(train.threads)
-    if train.keep_freed_memory:
-        keep_freed_memory()
-    device = resolve_device(train.device)
-    seed_everything(train.seed)
+    device = prepare_process(train)
 
     repeat = action_repeat(config.env)
 
