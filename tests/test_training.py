@@ -33,6 +33,7 @@ from coworld_trl.training.config import (
 )
 from coworld_trl.training.experiment import run_online_dreamer
 from coworld_trl.training.loop import OnlineTrainer
+from coworld_trl.training.replay import OnlineReplay
 from coworld_trl.training.run_dir import RunDirectory
 
 TINY_MODEL = dict(stoch=4, classes=4, deter=16, hidden=16, cnn_depth=16, mlp_units=16, reward_layers=1,
@@ -257,61 +258,68 @@ def test_online_loop_end_to_end_then_rerun_is_a_no_op(tmp_path, caplog):
 
 
 class Killed(Exception):
-    """Stands in for a SIGKILL right after a checkpoint."""
+    """Stands in for a SIGKILL."""
 
 
 def test_online_loop_resumes_after_a_kill(tmp_path, monkeypatch, caplog):
-    """A run killed after its first checkpoint resumes from that checkpoint's counters (not from 0) with its
-    replay, closes the interrupted episode (truncated), keeps appending after it and finishes exactly."""
+    """A run killed two collector batches after its first checkpoint resumes from that checkpoint's
+    counters (not from 0), with the replay at the checkpoint's length and cursor: the rows written after
+    it stay in the files but out of the buffer, the next episode gets an id above every id in the files,
+    and the run finishes exactly."""
     caplog.set_level(logging.INFO, logger="coworld_trl")
     config = loop_config(tmp_path)
     saves, restores = [], []
-    kill = {"armed": True}
-    original_save, original_restore = OnlineTrainer.save, OnlineTrainer.restore
-
-    def last_row(trainer):
-        cursor = trainer.buffer.writer.state_dict()["_cursor"]
-        return cursor, trainer.buffer.storage[(cursor - 1) % trainer.buffer.storage.max_size]
+    kill = {"after_extends": None}
+    original_save, original_restore, original_extend = OnlineTrainer.save, OnlineTrainer.restore, OnlineReplay.extend
 
     def save(self):
         original_save(self)
-        cursor, row = last_row(self)
-        saves.append(dict(counters=asdict(self.counters), length=len(self.buffer), cursor=cursor,
-                          truncated=bool(row["next", "truncated"]), done=bool(row["next", "done"])))
-        if kill["armed"]:
-            kill["armed"] = False
-            raise Killed
+        saves.append(dict(counters=asdict(self.counters), length=len(self.replay),
+                          cursor=self.replay.buffer.writer.state_dict()["_cursor"]))
+        if len(saves) == 1:
+            kill["after_extends"] = 2
+
+    def extend(self, batch):
+        original_extend(self, batch)
+        if kill["after_extends"] is not None:
+            kill["after_extends"] -= 1
+            if kill["after_extends"] == 0:
+                kill["after_extends"] = None
+                raise Killed
 
     def restore(self):
         resumed = original_restore(self)
         if resumed:
-            cursor, row = last_row(self)
-            previous = self.buffer.storage[(cursor - 2) % self.buffer.storage.max_size]
-            restores.append(dict(counters=asdict(self.counters), length=len(self.buffer), cursor=cursor,
-                                 truncated=bool(row["next", "truncated"]), done=bool(row["next", "done"]),
-                                 previous_done=bool(previous["next", "done"])))
+            restores.append(dict(counters=asdict(self.counters), length=len(self.replay),
+                                 cursor=self.replay.buffer.writer.state_dict()["_cursor"],
+                                 episodes_in_files=self.replay.buffer.storage._storage["episode"].clone()))
         return resumed
 
     monkeypatch.setattr(OnlineTrainer, "save", save)
     monkeypatch.setattr(OnlineTrainer, "restore", restore)
+    monkeypatch.setattr(OnlineReplay, "extend", extend)
 
     with pytest.raises(Killed):
         run_online_dreamer(config)
-    killed = saves[-1]
-    assert killed["counters"]["updates"] == 5 and killed["counters"]["frames"] == 140
-    assert killed["length"] == 70 and not killed["truncated"] and not killed["done"]
+    checkpointed = saves[-1]
+    assert checkpointed["counters"]["updates"] == 5 and checkpointed["counters"]["frames"] == 140
+    assert checkpointed["length"] == 70
     assert not (tmp_path / "results.jsonl").exists()
-    assert load_checkpoint(tmp_path / "checkpoint.pt")["counters"] == killed["counters"]
+    assert load_checkpoint(tmp_path / "checkpoint.pt")["counters"] == checkpointed["counters"]
 
     counters = run_online_dreamer(copy.deepcopy(config))
 
     assert len(restores) == 1
     resumed = restores[0]
-    assert resumed["counters"] == killed["counters"]  # started from the checkpoint, not from 0
+    assert resumed["counters"] == checkpointed["counters"]  # started from the checkpoint, not from 0
     assert "resuming" in caplog.text and "140 frames, 5 updates" in caplog.text
-    assert resumed["length"] >= killed["length"] and resumed["cursor"] == killed["cursor"]
-    assert resumed["truncated"] and resumed["done"], "the interrupted episode was not closed"
-    assert not resumed["previous_done"]  # only the last transition is marked
+    assert resumed["length"] == checkpointed["length"] and resumed["cursor"] == checkpointed["cursor"]
+    lost = resumed["episodes_in_files"][70:80]  # the two batches written after the checkpoint
+    assert len(lost) == 10 and (lost == resumed["episodes_in_files"][69]).all()  # the interrupted episode
+    stored = OnlineReplay(tmp_path / "replay", capacity=1_000, seq_len=8)
+    stored.load_state_dict(load_checkpoint(tmp_path / "checkpoint.pt")["replay"])
+    episodes = stored.buffer.storage[:]["episode"]
+    assert episodes[70] > resumed["episodes_in_files"].max(), "the episode after the resume reuses an id from the files"
     assert counters.finished and counters.frames == config.train.total_frames
     assert counters.updates == expected_updates(config) == 15
     final = saves[-1]

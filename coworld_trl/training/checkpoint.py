@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import os
 import random
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -48,23 +47,3 @@ def load_checkpoint(path: str | Path, map_location=None) -> dict:
         return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:  # corrupt or foreign file: say which and what to do
         raise RuntimeError(f"cannot read checkpoint {path}: {err}; delete it or use a new output_dir") from err
-
-
-def dump_replay(buffer, run_path: Path, name: str, tag: int) -> str:
-    """Write ``buffer``'s storage (memmap + JSON, no pickles) to ``<run_path>/<name>.<tag>/``.
-
-    Returns the folder's name for the checkpoint to reference. Save the checkpoint first,
-    then :func:`prune_replays`: a run killed at any point leaves a checkpoint whose replay
-    folder exists.
-    """
-    folder = Path(run_path) / f"{name}.{tag}"
-    shutil.rmtree(folder, ignore_errors=True)
-    buffer.storage.dumps(folder)
-    return folder.name
-
-
-def prune_replays(run_path: Path, name: str, keep: str | None) -> None:
-    """Remove the replay folders of ``name`` other than ``keep`` (the one the checkpoint references)."""
-    for folder in Path(run_path).glob(f"{name}.*"):
-        if folder.name != keep and folder.is_dir():
-            shutil.rmtree(folder, ignore_errors=True)

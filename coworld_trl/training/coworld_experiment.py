@@ -19,8 +19,9 @@ from coworld_trl.modules.policy import latent_state_primer
 from coworld_trl.training.config import CoWorldConfig, action_repeat, to_dict
 from coworld_trl.training.coworld_loop import CoWorldCounters, CoWorldTrainer
 from coworld_trl.training.evaluation import Evaluator
-from coworld_trl.training.experiment import make_sequence_buffer, prepare_process
+from coworld_trl.training.experiment import prepare_process
 from coworld_trl.training.logging import make_logger
+from coworld_trl.training.replay import OnlineReplay
 from coworld_trl.training.run_dir import RunDirectory
 
 log = logging.getLogger(__name__)
@@ -129,11 +130,12 @@ def run_coworld(config: CoWorldConfig) -> CoWorldCounters:
         return Collector(env, policy, frames_per_batch=train.train_every, total_frames=-1,
                          init_random_frames=random_steps, device=device, storing_device="cpu")
 
-    source_buffers = [make_sequence_buffer(config.data.buffer_capacity, config.data.seq_len) for _ in config.sources]
-    trainer = CoWorldTrainer(agent, sample_target=sample_target, source_buffers=source_buffers,
+    source_replays = [OnlineReplay(run_dir.path / f"replay_source{index}", capacity=config.data.buffer_capacity,
+                                   seq_len=config.data.seq_len) for index in range(len(config.sources))]
+    trainer = CoWorldTrainer(agent, sample_target=sample_target, source_replays=source_replays,
                              make_source_collector=make_source_collector, evaluator=evaluator, logger=logger,
                              run_dir=run_dir, schedule=config.schedule, batch_size=config.data.batch_size,
-                             seq_len=config.data.seq_len, frames_per_step=repeat,
+                             frames_per_step=repeat,
                              prefill_frames=train.prefill_frames, train_every=train.train_every)
     return trainer.run()
 

@@ -11,8 +11,8 @@
             sequences
 
 The target agent never acts in the target env except to be evaluated. Progress (phase,
-round, update counts), both agents, optimisers, source replay buffers and RNG are
-checkpointed, so re-running the same command resumes; a finished run says so and exits.
+round, update counts), both agents, optimisers, the source replays' lengths and cursors
+(their rows live in the run directory) and RNG are checkpointed, so re-running the same command resumes; a finished run says so and exits.
 """
 from __future__ import annotations
 
@@ -22,16 +22,14 @@ from dataclasses import asdict, dataclass
 from typing import Callable, Sequence
 
 from tensordict import TensorDictBase
-from torchrl.data import ReplayBuffer
 from torchrl.record.loggers import Logger
 from tqdm import tqdm
 
 from coworld_trl.agents.coworld import CoWorldAgent
-from coworld_trl.training.checkpoint import (dump_replay, load_checkpoint, prune_replays, rng_state, save_checkpoint,
-                                             set_rng_state)
+from coworld_trl.training.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from coworld_trl.training.config import ScheduleConfig
 from coworld_trl.training.logging import log_metrics
-from coworld_trl.training.loop import NOT_STORED, mark_last_transition_truncated, sample_sequences
+from coworld_trl.training.replay import OnlineReplay
 from coworld_trl.training.run_dir import RunDirectory
 
 log = logging.getLogger(__name__)
@@ -56,68 +54,61 @@ class CoWorldTrainer:
     Args:
         agent: a :class:`CoWorldAgent`.
         sample_target: ``() -> [B, T]`` target sequences (from the offline dataset).
-        source_buffers: one TorchRL replay buffer (SliceSampler) per source.
+        source_replays: one :class:`~coworld_trl.training.replay.OnlineReplay` per source.
         make_source_collector: ``(index, policy, random_frames) -> iterator`` of collector
             batches of ``train_every`` steps from source ``index``'s env, without end.
         evaluator: ``(policy, step) -> metrics`` on the target env.
         logger, run_dir: where metrics, results and checkpoints go.
         schedule: phase lengths.
-        batch_size, seq_len: source sequence batches.
+        batch_size: source sequences per batch.
         frames_per_step: the source envs' action repeat (frame counting).
     """
 
     def __init__(self, agent: CoWorldAgent, *, sample_target: Callable[[], TensorDictBase],
-                 source_buffers: Sequence[ReplayBuffer], make_source_collector: Callable, evaluator: Callable,
-                 logger: Logger, run_dir: RunDirectory, schedule: ScheduleConfig, batch_size: int, seq_len: int,
+                 source_replays: Sequence[OnlineReplay], make_source_collector: Callable, evaluator: Callable,
+                 logger: Logger, run_dir: RunDirectory, schedule: ScheduleConfig, batch_size: int,
                  frames_per_step: int, prefill_frames: int, train_every: int):
-        self.agent, self.sample_target, self.source_buffers = agent, sample_target, list(source_buffers)
+        self.agent, self.sample_target, self.source_replays = agent, sample_target, list(source_replays)
         self.make_source_collector, self.evaluator, self.logger, self.run_dir = (
             make_source_collector, evaluator, logger, run_dir)
-        self.schedule, self.batch_size, self.seq_len = schedule, batch_size, seq_len
+        self.schedule, self.batch_size = schedule, batch_size
         self.frames_per_step, self.prefill_frames, self.train_every = frames_per_step, prefill_frames, train_every
         self.counters = CoWorldCounters()
         self._collectors: dict[int, object] = {}
 
     # ------------------------------------------------------------------ state
     def save(self) -> None:
-        """Checkpoint agents, counters, RNG and source replays; never leaves a checkpoint
-        pointing at a missing replay (see :func:`dump_replay`)."""
+        """Checkpoint agents, counters, RNG and the source replays' lengths and cursors."""
         c = self.counters
-        tag = c.target_updates + c.source_updates
-        replays = [dump_replay(b, self.run_dir.path, f"replay_source{i}", tag) if len(b) else None
-                   for i, b in enumerate(self.source_buffers)]
-        c.last_checkpoint_update = tag
+        c.last_checkpoint_update = c.target_updates + c.source_updates
         save_checkpoint(self.run_dir.checkpoint, {
             "agent": self.agent.checkpoint_state(), "counters": asdict(c), "rng": rng_state(),
-            "replays": replays, "replay_writers": [b.writer.state_dict() for b in self.source_buffers],
+            "replays": [replay.state_dict() for replay in self.source_replays],
         })
-        for index, replay in enumerate(replays):
-            prune_replays(self.run_dir.path, f"replay_source{index}", replay)
 
     def restore(self) -> bool:
         if not self.run_dir.checkpoint.exists():
+            for replay in self.source_replays:
+                replay.discard_files()
             return False
         state = load_checkpoint(self.run_dir.checkpoint, map_location=next(self.agent.parameters()).device)
         self.agent.load_checkpoint_state(state["agent"])
         self.counters = CoWorldCounters(**state["counters"])
         set_rng_state(state["rng"])
-        for buffer, replay, writer in zip(self.source_buffers, state["replays"], state["replay_writers"]):
-            if replay is not None:
-                buffer.storage.loads(self.run_dir.path / replay)
-                buffer.writer.load_state_dict(writer)
-                mark_last_transition_truncated(buffer)
+        for replay, replay_state in zip(self.source_replays, state["replays"]):
+            replay.load_state_dict(replay_state)
         return True
 
     # ------------------------------------------------------------------ pieces
     def _collect(self, index: int) -> None:
         """``train_every`` steps of source ``index`` into its buffer (random until prefilled)."""
         if index not in self._collectors:
-            random_frames = max(self.prefill_frames - len(self.source_buffers[index]) * self.frames_per_step, 0)
+            random_frames = max(self.prefill_frames - len(self.source_replays[index]) * self.frames_per_step, 0)
             policy = self.agent.sources[index].policy()
             collector = self.make_source_collector(index, policy, random_frames // self.frames_per_step)
             self._collectors[index] = (collector, iter(collector))
         batch = next(self._collectors[index][1])
-        self.source_buffers[index].extend(batch.exclude(*NOT_STORED))
+        self.source_replays[index].extend(batch)
         self.counters.source_frames += batch.numel() * self.frames_per_step
         done = batch["next", "done"].reshape(-1)
         if done.any() and ("next", "episode_reward") in batch.keys(True):
@@ -127,7 +118,7 @@ class CoWorldTrainer:
 
     def _source_batch(self, index: int) -> TensorDictBase:
         device = next(self.agent.parameters()).device
-        return sample_sequences(self.source_buffers[index], self.batch_size, self.seq_len).to(device)
+        return self.source_replays[index].sample(self.batch_size).to(device)
 
     def _log(self, prefix: str, metrics: TensorDictBase, step: int) -> None:
         scalars = {f"train/{prefix}_{k}": v.float().mean().item() for k, v in metrics.items()}
@@ -173,7 +164,7 @@ class CoWorldTrainer:
                 for index in range(len(self.agent.sources)):
                     while c.phase_updates < (index + 1) * updates_per_source:
                         self._collect(index)
-                        if len(self.source_buffers[index]) * self.frames_per_step >= self.prefill_frames:
+                        if len(self.source_replays[index]) * self.frames_per_step >= self.prefill_frames:
                             metrics = self.agent.source_update(self._source_batch(index), None, index)
                             c.source_updates += 1
                             self._log_every(f"source{index}", metrics, c.source_updates)

@@ -11,7 +11,6 @@ from typing import Callable
 import numpy as np
 import torch
 from torchrl.collectors import Collector
-from torchrl.data import LazyMemmapStorage, SliceSampler, TensorDictReplayBuffer
 from torchrl.envs import RewardSum
 
 from coworld_trl.agents import make_dreamer_agent
@@ -22,6 +21,7 @@ from coworld_trl.training.evaluation import Evaluator
 from coworld_trl.training.logging import make_logger
 from coworld_trl.training.loop import Counters, LoopSettings, OnlineTrainer
 from coworld_trl.training.memory import keep_freed_memory
+from coworld_trl.training.replay import OnlineReplay
 from coworld_trl.training.run_dir import RunDirectory
 
 
@@ -47,14 +47,6 @@ def prepare_process(train) -> torch.device:
         keep_freed_memory()
     seed_everything(train.seed)
     return resolve_device(train.device)
-
-
-def make_sequence_buffer(capacity: int, seq_len: int) -> TensorDictReplayBuffer:
-    """Disk-backed (memory-mapped) TED storage sampled as within-episode slices of ``seq_len``."""
-    return TensorDictReplayBuffer(
-        storage=LazyMemmapStorage(capacity),
-        sampler=SliceSampler(slice_len=seq_len, end_key=("next", "done"), strict_length=True),
-    )
 
 
 def run_online_dreamer(config: DreamerConfig, *, on_collect: Callable | None = None,
@@ -98,14 +90,14 @@ def run_online_dreamer(config: DreamerConfig, *, on_collect: Callable | None = N
         return Collector(env, policy, frames_per_batch=train.train_every, total_frames=steps,
                          init_random_frames=random_steps, device=device, storing_device="cpu")
 
-    buffer = make_sequence_buffer(config.data.buffer_capacity, config.data.seq_len)
+    replay = OnlineReplay(run_dir.path / "replay", capacity=config.data.buffer_capacity, seq_len=config.data.seq_len)
     settings = LoopSettings(
         total_frames=train.total_frames, prefill_frames=train.prefill_frames,
         frames_per_step=repeat, train_every=train.train_every,
-        updates_per_train=train.updates_per_train, batch_size=config.data.batch_size, seq_len=config.data.seq_len,
+        updates_per_train=train.updates_per_train, batch_size=config.data.batch_size,
         eval_every_updates=config.eval.every_updates, checkpoint_every_updates=config.logger.checkpoint_every_updates,
         stop_return=stop_return,
     )
-    trainer = OnlineTrainer(agent, make_collector=make_collector, buffer=buffer, evaluator=evaluator,
+    trainer = OnlineTrainer(agent, make_collector=make_collector, replay=replay, evaluator=evaluator,
                             logger=logger, run_dir=run_dir, settings=settings, on_collect=on_collect)
     return trainer.run()

@@ -12,20 +12,15 @@ from typing import Callable
 
 import torch
 from tensordict import TensorDictBase
-from torchrl.data import ReplayBuffer
 from torchrl.record.loggers import Logger
 from tqdm import tqdm
 
-from coworld_trl.modules.policy import STATE_KEYS
-from coworld_trl.training.checkpoint import (dump_replay, load_checkpoint, prune_replays, rng_state, save_checkpoint,
-                                             set_rng_state)
+from coworld_trl.training.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from coworld_trl.training.logging import log_metrics
+from coworld_trl.training.replay import OnlineReplay
 from coworld_trl.training.run_dir import RunDirectory
 
 log = logging.getLogger("coworld_trl")
-
-# Recurrent acting state and collector bookkeeping are not training data.
-NOT_STORED = ["collector", ("next", "pixels"), *STATE_KEYS, *(("next", key) for key in STATE_KEYS)]
 
 
 @dataclass
@@ -46,28 +41,10 @@ class LoopSettings:
     train_every: int
     updates_per_train: int
     batch_size: int
-    seq_len: int
     eval_every_updates: int
     checkpoint_every_updates: int
     log_every_updates: int = 100
     stop_return: float | None = None  # finish early once an evaluation's mean return reaches this
-
-
-def sample_sequences(buffer: ReplayBuffer, batch_size: int, seq_len: int) -> TensorDictBase:
-    """A ``[B, T]`` batch of within-episode slices from a SliceSampler buffer."""
-    return buffer.sample(batch_size * seq_len).reshape(batch_size, seq_len)
-
-
-def mark_last_transition_truncated(buffer: ReplayBuffer) -> None:
-    """Close the episode that was in progress when a run stopped, so slices never join it to the next one."""
-    storage = buffer.storage
-    if len(storage) == 0:
-        return
-    last = (buffer.writer.state_dict()["_cursor"] - 1) % storage.max_size
-    row = storage[last].clone()  # rows read from memmap storage are locked
-    row["next", "truncated"] = torch.ones_like(row["next", "truncated"])
-    row["next", "done"] = torch.ones_like(row["next", "done"])
-    storage[last] = row
 
 
 class OnlineTrainer:
@@ -81,7 +58,7 @@ class OnlineTrainer:
             ``load_checkpoint_state()``.
         make_collector: ``(policy, remaining_frames, random_frames) -> iterable of batches``
             (a TorchRL collector).
-        buffer: TorchRL replay buffer with a SliceSampler.
+        replay: the run's :class:`~coworld_trl.training.replay.OnlineReplay`.
         evaluator: ``(policy, step) -> metrics``.
         logger: a TorchRL logger.
         run_dir: where config, checkpoints and results live.
@@ -90,40 +67,35 @@ class OnlineTrainer:
             anything is dropped from it (e.g. an :class:`~coworld_trl.data.EpisodeRecorder`).
     """
 
-    def __init__(self, agent, *, make_collector: Callable, buffer: ReplayBuffer, evaluator: Callable,
+    def __init__(self, agent, *, make_collector: Callable, replay: OnlineReplay, evaluator: Callable,
                  logger: Logger, run_dir: RunDirectory, settings: LoopSettings,
                  on_collect: Callable[[TensorDictBase], None] | None = None):
-        self.agent, self.make_collector, self.buffer = agent, make_collector, buffer
+        self.agent, self.make_collector, self.replay = agent, make_collector, replay
         self.evaluator, self.logger, self.run_dir, self.settings = evaluator, logger, run_dir, settings
         self.on_collect = on_collect
         self.counters = Counters()
 
     # ------------------------------------------------------------------ state
     def save(self) -> None:
-        """Checkpoint agent, counters, RNG and replay (memmap + JSON, no pickles); a run
-        killed at any point leaves a checkpoint whose replay folder exists."""
-        replay = dump_replay(self.buffer, self.run_dir.path, "replay", self.counters.frames) if len(self.buffer) else None
+        """Checkpoint agent, counters, RNG and the replay's length and cursor (its rows are
+        already on disk in the run directory)."""
         self.counters.last_checkpoint_update = self.counters.updates
         save_checkpoint(self.run_dir.checkpoint, {
             "agent": self.agent.checkpoint_state(),
             "counters": asdict(self.counters),
-            "replay": replay,
-            "replay_writer": self.buffer.writer.state_dict(),
+            "replay": self.replay.state_dict(),
             "rng": rng_state(),
         })
-        prune_replays(self.run_dir.path, "replay", replay)
 
     def restore(self) -> bool:
         if not self.run_dir.checkpoint.exists():
+            self.replay.discard_files()
             return False
         state = load_checkpoint(self.run_dir.checkpoint, map_location=next(self.agent.parameters()).device)
         self.agent.load_checkpoint_state(state["agent"])
         self.counters = Counters(**state["counters"])
         set_rng_state(state["rng"])
-        if state["replay"] is not None:
-            self.buffer.storage.loads(self.run_dir.path / state["replay"])
-            self.buffer.writer.load_state_dict(state["replay_writer"])
-            mark_last_transition_truncated(self.buffer)
+        self.replay.load_state_dict(state["replay"])
         return True
 
     # ------------------------------------------------------------------- loop
@@ -156,7 +128,7 @@ class OnlineTrainer:
                 # 1. store what the acting policy just collected
                 if self.on_collect is not None:
                     self.on_collect(batch)
-                self.buffer.extend(batch.exclude(*NOT_STORED))
+                self.replay.extend(batch)
                 c.frames += batch.numel() * s.frames_per_step
                 c.episodes += int(batch["next", "done"].sum())
                 self._log_episodes(batch)
@@ -164,7 +136,7 @@ class OnlineTrainer:
                 # 2. learn: world model, then actor and critic in imagination
                 if c.frames >= s.prefill_frames:
                     for _ in range(s.updates_per_train):
-                        batch = sample_sequences(self.buffer, s.batch_size, s.seq_len)
+                        batch = self.replay.sample(s.batch_size)
                         pending.append(self.agent.update(batch.to(next(self.agent.parameters()).device)))
                         c.updates += 1
                         if c.updates % s.log_every_updates == 0:

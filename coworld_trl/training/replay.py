@@ -1,0 +1,101 @@
+"""Online replay kept in the run directory.
+
+An :class:`OnlineReplay` is a TorchRL ``TensorDictReplayBuffer`` over a
+``LazyMemmapStorage`` whose memory-mapped files live in the run directory (``<run>/replay``,
+``<run>/replay_source<i>``). The files are sparse, so disk and memory hold the rows written,
+not the capacity. A checkpoint records only the storage length and the writer's cursor:
+TorchRL's ``dumps`` onto the storage's own folder copies nothing, so checkpoints take
+milliseconds at any buffer size.
+
+Sequences are cut by a run-wide ``episode`` id (``SliceSampler(traj_key="episode")``).
+After a kill, rows written since the last checkpoint are still in the files. On resume the
+writer goes back to the checkpoint's cursor and new episodes are numbered above every id in
+the files, so no slice ever joins an interrupted episode to another one.
+"""
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from tensordict import TensorDictBase
+from torchrl.data import LazyMemmapStorage, SliceSampler, TensorDictReplayBuffer
+
+from coworld_trl.modules.policy import STATE_KEYS
+
+EPISODE_KEY = "episode"
+# Recurrent acting state and collector bookkeeping are not training data; ``next.pixels``
+# is the next row's ``pixels``.
+NOT_STORED = ["collector", ("next", "pixels"), *STATE_KEYS, *(("next", key) for key in STATE_KEYS)]
+
+
+class OnlineReplay:
+    """A run's online replay: collector batches in, ``[B, T]`` within-episode sequences out.
+
+    Args:
+        path: folder of the memory-mapped files (inside the run directory).
+
+    Keyword Args:
+        capacity: transitions kept; the oldest are overwritten first.
+        seq_len: length ``T`` of sampled sequences.
+
+    Attributes:
+        buffer: the TorchRL replay buffer (storage, writer, SliceSampler).
+    """
+
+    def __init__(self, path: str | Path, *, capacity: int, seq_len: int):
+        self.path, self.seq_len = Path(path), seq_len
+        self.buffer = TensorDictReplayBuffer(
+            storage=LazyMemmapStorage(capacity, scratch_dir=self.path),
+            sampler=SliceSampler(slice_len=seq_len, traj_key=EPISODE_KEY, strict_length=True),
+        )
+        self._last_episode: int | None = None  # read from the files on the first write
+
+    def __len__(self) -> int:
+        return len(self.buffer)
+
+    def extend(self, batch: TensorDictBase) -> None:
+        """Store a ``[T]`` collector batch from one env; ``is_init`` starts a new episode id."""
+        if batch.ndim != 1:
+            raise ValueError(f"OnlineReplay.extend takes a [T] batch from one env, got batch_size={tuple(batch.shape)}; "
+                             "collect from a single (non-batched) env")
+        if self._last_episode is None:
+            self._last_episode = self._largest_stored_episode()
+        ids = self._last_episode + batch["is_init"].reshape(-1).long().cumsum(0)
+        self._last_episode = int(ids[-1])
+        self.buffer.extend(batch.exclude(*NOT_STORED).set(EPISODE_KEY, ids))
+
+    def sample(self, batch_size: int) -> TensorDictBase:
+        """``[batch_size, seq_len]`` slices, each inside one episode."""
+        return self.buffer.sample(batch_size * self.seq_len).reshape(batch_size, self.seq_len)
+
+    def state_dict(self) -> dict:
+        """Length and write cursor; the rows are already in :attr:`path`."""
+        storage = self.buffer.storage
+        if storage.initialized:
+            storage.dumps(self.path)  # the storage's own folder: refreshes metadata, copies no rows
+        return {"len": len(storage), "writer": self.buffer.writer.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Reopen the files in :attr:`path` at the checkpoint's length and cursor."""
+        if state["len"]:
+            storage = self.buffer.storage
+            storage.loads(self.path)
+            # Rows written after the checkpoint stay in the files; outside the restored length
+            # they are never sampled, inside it (a full ring) they are whole episodes of their own.
+            storage._len = state["len"]
+            self.buffer.writer.load_state_dict(state["writer"])
+        self._last_episode = None
+
+    def discard_files(self) -> None:
+        """Remove files left by a run killed before its first checkpoint (fresh start only)."""
+        if self.buffer.storage.initialized:
+            raise RuntimeError(f"replay in {self.path} is in use; discard its files before the first write")
+        shutil.rmtree(self.path, ignore_errors=True)
+
+    def _largest_stored_episode(self) -> int:
+        storage = self.buffer.storage
+        if not storage.initialized:
+            return -1
+        # The whole capacity, not only the restored length: rows written after the last
+        # checkpoint may hold larger ids.
+        return int(storage._storage.get(EPISODE_KEY).max())
