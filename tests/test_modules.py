@@ -219,6 +219,30 @@ def test_conv_encoder_decoder_shapes():
     assert dec(torch.randn(5, 20)).shape == (5, 3, 64, 64)
 
 
+def test_conv_fast_paths_match_the_plain_layers():
+    """The CPU encoder/decoder (last encoder conv as a patch matmul, first decoder layer as one
+    addmm, RGB layer as a pixel-shuffled conv, NHWC) give the outputs and parameter gradients of
+    running their own ``Conv2d``/``ConvTranspose2d``/``ELU`` layers one after the other."""
+    torch.manual_seed(0)
+    enc, dec = ConvEncoder(depth=4), ConvDecoder(12, depth=4)
+    pixels = torch.rand(5, 3, 64, 64) - 0.5
+    features = torch.randn(5, 12)
+
+    def grads(module, out):
+        return torch.autograd.grad((out * torch.linspace(-1, 1, out.numel()).view_as(out)).sum(),
+                                   list(module.parameters()))
+
+    fast, plain = enc(pixels), enc.net(pixels).flatten(1)
+    torch.testing.assert_close(fast, plain, rtol=1e-5, atol=1e-6)
+    for g_fast, g_plain in zip(grads(enc, fast), grads(enc, plain)):  # sums of many terms: relative to the largest
+        torch.testing.assert_close(g_fast, g_plain, rtol=0, atol=1e-5 * g_plain.abs().max().item())
+    fast = dec(features)
+    plain = dec.net(dec.linear(features).view(5, -1, 1, 1))
+    torch.testing.assert_close(fast, plain, rtol=1e-5, atol=1e-6)
+    for g_fast, g_plain in zip(grads(dec, fast), grads(dec, plain)):
+        torch.testing.assert_close(g_fast, g_plain, rtol=0, atol=1e-5 * g_plain.abs().max().item())
+
+
 @pytest.mark.parametrize("latent", ["discrete", "gaussian"])
 def test_rssm_distribution_shapes_and_entropy(latent):
     torch.manual_seed(0)

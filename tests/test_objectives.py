@@ -375,6 +375,20 @@ def test_actor_loss_reinforce_does_not_backprop_value_target(tiny_agent, make_ba
     torch.testing.assert_close(loss, expected)
 
 
+def graph_leaves(tensor: torch.Tensor) -> list[torch.Tensor]:
+    """The tensors autograd would accumulate gradients into from ``tensor``."""
+    leaves, seen, stack = [], set(), [tensor.grad_fn]
+    while stack:
+        node = stack.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        if hasattr(node, "variable"):
+            leaves.append(node.variable)
+        stack.extend(next_node for next_node, _ in node.next_functions)
+    return leaves
+
+
 def test_value_target_backprops_through_slow_critic():
     """Dynamics backprop: R_k's gradient reaches the imagined states through v_slow(s_{k+1}).
 
@@ -403,6 +417,9 @@ def test_value_target_backprops_through_slow_critic():
     torch.testing.assert_close(target.detach(), lambda_return(torch.zeros(n, h), slow_next, imagined["next", "discount"],
                                                               0.95))
     assert target.requires_grad, "value_target carries no graph through the slow critic"
+    # The only leaf of the graph is the imagined features: no weight gradient is computed for
+    # the slow critic (not even into temporaries that are then dropped).
+    assert [leaf is next_features for leaf in graph_leaves(target)] == [True]
     target.sum().backward()
     assert next_features.grad is not None and next_features.grad.abs().sum() > 0
     assert all(p.grad is None or not p.grad.any() for p in critic.parameters())

@@ -62,6 +62,23 @@ def _conv_transpose2d_stride2(x: torch.Tensor, conv: nn.ConvTranspose2d) -> torc
     return out[..., :oh, :ow] if (ph or pw) else out
 
 
+def _conv2d_as_matmul(x: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor:
+    """``conv(x)`` for an unpadded ``Conv2d`` on a channels-last ``x``, as one matrix product
+    over the input patches (each row one output pixel's ``kh x kw x C`` patch).
+
+    Used for the encoder's last layer (6x6 -> 2x2): there it is about 1.6x faster than
+    oneDNN's convolution forward + backward on AVX2 CPUs, whose weight gradient is slow
+    for so few output pixels. Returns an NCHW-shaped, channels-last tensor.
+    """
+    (kh, kw), (sh, sw) = conv.kernel_size, conv.stride
+    patches = x.permute(0, 2, 3, 1).unfold(1, kh, sh).unfold(2, kw, sw)  # [N, oh, ow, C, kh, kw]
+    n, oh, ow = patches.shape[:3]
+    rows = patches.permute(0, 1, 2, 4, 5, 3).reshape(n * oh * ow, -1)
+    weight = conv.weight.permute(0, 2, 3, 1).reshape(conv.out_channels, -1)  # same (kh, kw, C) order
+    out = torch.addmm(conv.bias, rows, weight.t()) if conv.bias is not None else rows @ weight.t()
+    return out.view(n, oh, ow, -1).permute(0, 3, 1, 2)
+
+
 class ConvEncoder(nn.Module):
     """DreamerV2 image encoder: four ``k=4, s=2`` convolutions with ELU.
 
@@ -87,7 +104,12 @@ class ConvEncoder(nn.Module):
             # oneDNN's convolutions are faster on NHWC activations (no layout reorders).
             x = x.contiguous(memory_format=_CHANNELS_LAST)
         x = pixels_to_float(x) if x.dtype == torch.uint8 else x
-        return _run_conv_stack(self.net, x).reshape(*lead, self.embed_dim)
+        if x.device.type == "cpu":
+            x = _run_conv_stack(self.net[:-2], x)
+            x = F.elu(_conv2d_as_matmul(x, self.net[-2]), inplace=True)
+        else:
+            x = _run_conv_stack(self.net, x)
+        return x.reshape(*lead, self.embed_dim)
 
 
 class ConvDecoder(nn.Module):

