@@ -68,7 +68,7 @@ def _conv2d_as_matmul(x: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor:
 
     Used for the encoder's last layer (6x6 -> 2x2): there it is about 1.6x faster than
     oneDNN's convolution forward + backward on AVX2 CPUs, whose weight gradient is slow
-    for so few output pixels. Returns an NCHW-shaped, channels-last tensor.
+    for so few output pixels. Returns the output as ``[N, oh, ow, C_out]`` (NHWC, contiguous).
     """
     (kh, kw), (sh, sw) = conv.kernel_size, conv.stride
     patches = x.permute(0, 2, 3, 1).unfold(1, kh, sh).unfold(2, kw, sw)  # [N, oh, ow, C, kh, kw]
@@ -76,7 +76,7 @@ def _conv2d_as_matmul(x: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor:
     rows = patches.permute(0, 1, 2, 4, 5, 3).reshape(n * oh * ow, -1)
     weight = conv.weight.permute(0, 2, 3, 1).reshape(conv.out_channels, -1)  # same (kh, kw, C) order
     out = torch.addmm(conv.bias, rows, weight.t()) if conv.bias is not None else rows @ weight.t()
-    return out.view(n, oh, ow, -1).permute(0, 3, 1, 2)
+    return out.view(n, oh, ow, -1)
 
 
 class ConvEncoder(nn.Module):
@@ -104,9 +104,11 @@ class ConvEncoder(nn.Module):
             # oneDNN's convolutions are faster on NHWC activations (no layout reorders).
             x = x.contiguous(memory_format=_CHANNELS_LAST)
         x = pixels_to_float(x) if x.dtype == torch.uint8 else x
-        if x.device.type == "cpu":
+        # Under torch.compile inductor lowers the convolutions itself (and, in torch 2.13, the
+        # compiled backward of the overlapping patch gather crashes with a double free).
+        if x.device.type == "cpu" and not torch.compiler.is_compiling():
             x = _run_conv_stack(self.net[:-2], x)
-            x = F.elu(_conv2d_as_matmul(x, self.net[-2]), inplace=True)
+            x = F.elu(_conv2d_as_matmul(x, self.net[-2]), inplace=True).permute(0, 3, 1, 2)
         else:
             x = _run_conv_stack(self.net, x)
         return x.reshape(*lead, self.embed_dim)
