@@ -121,6 +121,18 @@ def test_load_checkpoint_corrupt_file_raises_naming_path(tmp_path):
     assert torch.equal(load_checkpoint(good)["x"], torch.arange(3))
 
 
+def test_a_checkpoint_of_another_format_is_not_resumed(tmp_path):
+    """A format-1 checkpoint (replay copied per checkpoint) still loads for its weights, but a run
+    refuses to resume from it with an error naming the file and the fix."""
+    old = tmp_path / "checkpoint.pt"
+    torch.save({"agent": {}, "replay": "replay.140"}, old)
+    assert load_checkpoint(old)["replay"] == "replay.140"
+    with pytest.raises(RuntimeError, match="checkpoint.pt has format 1 .* resumes format 2; use a new output_dir"):
+        load_checkpoint(old, resume=True)
+    save_checkpoint(old, {"agent": {}})
+    assert load_checkpoint(old, resume=True)["format"] == 2
+
+
 def test_rng_state_round_trip_reproduces_draws(tmp_path):
     """rng_state/set_rng_state (through a weights-only checkpoint) replays torch, numpy and python draws."""
     random.seed(5), np.random.seed(5), torch.manual_seed(5)

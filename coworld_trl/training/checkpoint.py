@@ -33,17 +33,32 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+# 2: the replay's rows live in the run directory and the checkpoint holds its length and
+# cursor (format 1 referenced a copy of the replay made at each checkpoint).
+CHECKPOINT_FORMAT = 2
+
+
 def save_checkpoint(path: str | Path, state: dict) -> None:
-    """Write ``state`` to ``path`` atomically (a crash never leaves a half-written file)."""
+    """Write ``state`` (plus its ``format``) to ``path`` atomically (a crash never leaves a
+    half-written file)."""
     path = Path(path)
     tmp = path.with_suffix(path.suffix + ".tmp")
-    torch.save(state, tmp)
+    torch.save({"format": CHECKPOINT_FORMAT, **state}, tmp)
     os.replace(tmp, path)
 
 
-def load_checkpoint(path: str | Path, map_location=None) -> dict:
-    """Load a checkpoint without executing pickled code (``weights_only=True``)."""
+def load_checkpoint(path: str | Path, map_location=None, *, resume: bool = False) -> dict:
+    """Load a checkpoint without executing pickled code (``weights_only=True``).
+
+    ``resume=True`` also refuses a checkpoint of another format, which this version
+    cannot resume (its weights alone can still be loaded).
+    """
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
+        state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:  # corrupt or foreign file: say which and what to do
         raise RuntimeError(f"cannot read checkpoint {path}: {err}; delete it or use a new output_dir") from err
+    found = state.get("format", 1)
+    if resume and found != CHECKPOINT_FORMAT:
+        raise RuntimeError(f"checkpoint {path} has format {found} and this coworld_trl resumes format "
+                           f"{CHECKPOINT_FORMAT}; use a new output_dir (or the coworld_trl version that wrote it)")
+    return state

@@ -91,7 +91,8 @@ class OnlineTrainer:
         if not self.run_dir.checkpoint.exists():
             self.replay.discard_files()
             return False
-        state = load_checkpoint(self.run_dir.checkpoint, map_location=next(self.agent.parameters()).device)
+        state = load_checkpoint(self.run_dir.checkpoint, map_location=next(self.agent.parameters()).device,
+                                resume=True)
         self.agent.load_checkpoint_state(state["agent"])
         self.counters = Counters(**state["counters"])
         set_rng_state(state["rng"])
