@@ -43,6 +43,19 @@ def test_target_update_moves_only_the_target(make_batch):
     assert {"loss_alignment", "loss_value_penalty", "value_exceeds_source"} <= set(metrics.keys())
 
 
+def test_warmup_update_moves_only_the_target_world_model(make_batch):
+    """The official schedule's warm-up step trains the target world model (with state
+    alignment) and leaves its actor, critic and every source as they were."""
+    agent = make_agent()
+    world_model = snapshot(agent.target.world_model)
+    untouched = [snapshot(m) for m in (agent.target.actor, agent.target.value_loss, *agent.sources)]
+    metrics = agent.target_world_model_update(make_batch(B, T))
+    assert changed(world_model, agent.target.world_model)
+    assert not any(changed(b, m) for b, m in zip(untouched, (agent.target.actor, agent.target.value_loss,
+                                                            *agent.sources)))
+    assert "loss_alignment" in metrics.keys() and "loss_actor" not in metrics.keys()
+
+
 def test_source_update_with_relabelling_moves_only_that_source(make_batch):
     agent = make_agent()
     target, other = snapshot(agent.target), snapshot(agent.sources[1])
@@ -123,6 +136,19 @@ def test_coworld_recipe_runs_end_to_end_then_says_finished(tmp_path):
     assert (out / "logs" / "scalars" / "eval" / "value_bias.csv").exists()
     again = run_recipe([*TINY, f"output_dir={out}", f"dataset={tmp_path / 'ds'}"], tmp_path)
     assert again.returncode == 0 and "finished" in again.stderr + again.stdout
+
+
+def test_coworld_recipe_with_the_official_warmup(tmp_path):
+    """schedule.warmup_rounds=1: after pretraining, 3 world-model-only target updates and an online
+    phase of 2 source updates come before the two rounds (evaluations every 3 target updates)."""
+    out = tmp_path / "run"
+    proc = run_recipe([*TINY, f"output_dir={out}", f"dataset={tmp_path / 'ds'}", "schedule.warmup_rounds=1",
+                       "schedule.warmup_world_model_updates=3", "schedule.warmup_online_updates=2",
+                       "schedule.eval_every_target_updates=3"], tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    assert [(r["target_updates"], r["phase"], r["round"], r["source_updates"]) for r in results] == [
+        (3, "warmup", 0, 11), (6, "offline", 0, 13), (9, "offline", 1, 17), (11, "offline", 2, 21)]
 
 
 def test_coworld_recipe_resumes_after_being_killed(tmp_path):

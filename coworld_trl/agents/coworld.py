@@ -97,9 +97,12 @@ class CoWorldAgent(nn.Module):
 
     def target_update(self, batch: TensorDictBase) -> TensorDict:
         """Offline phase step: world model (+ Eq. 3), then actor and constrained critic (Eq. 6, 7)."""
+        return self.target_world_model_update(batch).update(self.target.update_behaviour(batch))
+
+    def target_world_model_update(self, batch: TensorDictBase) -> TensorDict:
+        """The target's world model only (Eq. 2 + Eq. 3): the official schedule's warm-up step."""
         extra = [self.alignment_losses[self.active_source]] if self.coupling.alignment else []
-        metrics = self.target.update_world_model(batch, extra)
-        return metrics.update(self.target.update_behaviour(batch))
+        return self.target.update_world_model(batch, extra)
 
     def source_update(self, source_batch: TensorDictBase, target_batch: TensorDictBase | None = None,
                       index: int | None = None) -> TensorDict:

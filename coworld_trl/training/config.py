@@ -125,10 +125,16 @@ class ScheduleConfig:
     """Algorithm 1's phases. A source update follows every ``train.train_every`` source env steps.
 
     Defaults follow the paper for DMC: 3e4 frames of source pretraining, then rounds of
-    K1 = 2e4 target updates and K2 = 2e4 source updates.
+    K1 = 2e4 target updates and K2 = 2e4 source updates. ``warmup_rounds`` > 0 inserts the
+    official code's warm-up between pretraining and the rounds: each warm-up round trains
+    only the target's world model (with state alignment) for ``warmup_world_model_updates``,
+    then runs an online phase of ``warmup_online_updates`` source updates.
     """
 
     source_pretrain_frames: int = 30_000
+    warmup_rounds: int = 0
+    warmup_world_model_updates: int = 10_000
+    warmup_online_updates: int = 1_000
     rounds: int = 6
     offline_updates: int = 20_000  # K1 per round
     online_updates: int = 20_000  # K2 per round
@@ -273,6 +279,11 @@ def _coworld_presets() -> dict[str, dict[str, dict[str, Any]]]:
     """The DreamerV2 presets' sizes plus CoWorld's schedule for each."""
     presets = copy.deepcopy(PRESETS)
     presets["reference"]["coupling"] = dict(k=0.3)  # the official code relabels with k = 0.3 everywhere
+    # The official DMC schedule, in updates (a phase of 1e4 frames at action repeat 2 and one
+    # update every 5 agent steps is 1,000 updates).
+    presets["reference"]["schedule"] = dict(source_pretrain_frames=30_000, warmup_rounds=2,
+                                            warmup_world_model_updates=10_000, warmup_online_updates=1_000,
+                                            rounds=6, offline_updates=2_000, online_updates=2_000)
     presets["quick"].update(
         schedule=dict(source_pretrain_frames=4_000, rounds=2, offline_updates=100, online_updates=100,
                       eval_every_target_updates=100, checkpoint_every_updates=100),

@@ -3,6 +3,9 @@
 ::
 
     pretrain every source online (plain DreamerV2)                    source_pretrain_frames
+    for warm-up round in 1..warmup_rounds (official code; 0 in the paper):
+        target world model only (Eq. 2 + Eq. 3)                      warmup_world_model_updates
+        online phase as below                                         warmup_online_updates
     for round in 1..rounds:
         offline phase: K1 target updates on dataset sequences         world model + Eq. 3,
             (with several sources: first pick the closest, Eq. 12)    actor, critic + Eq. 6
@@ -33,12 +36,13 @@ from coworld_trl.training.replay import OnlineReplay
 from coworld_trl.training.run_dir import RunDirectory
 
 log = logging.getLogger(__name__)
-PHASES = ("pretrain", "offline", "online", "done")
+PHASES = ("pretrain", "warmup", "warmup_online", "offline", "online", "done")
 
 
 @dataclass
 class CoWorldCounters:
     phase: str = "pretrain"
+    warmup_round: int = 0
     round: int = 0
     phase_updates: int = 0  # updates done in the current phase
     target_updates: int = 0
@@ -157,49 +161,27 @@ class CoWorldTrainer:
                      self.counters.phase, self.counters.phase_updates)
         c = self.counters
         total = (len(self.agent.sources) * s.source_pretrain_frames // (self.frames_per_step * self.train_every)
+                 + s.warmup_rounds * (s.warmup_world_model_updates + s.warmup_online_updates)
                  + s.rounds * (s.offline_updates + s.online_updates))
         bar = tqdm(total=total, unit="update", dynamic_ncols=True, mininterval=2.0)
         try:
-            if c.phase == "pretrain":  # each source: plain online DreamerV2
-                updates_per_source = s.source_pretrain_frames // (self.frames_per_step * self.train_every)
-                for index in range(len(self.agent.sources)):
-                    while c.phase_updates < (index + 1) * updates_per_source:
-                        self._collect(index)
-                        if len(self.source_replays[index]) * self.frames_per_step >= self.prefill_frames:
-                            metrics = self.agent.source_update(self._source_batch(index), None, index)
-                            c.source_updates += 1
-                            self._log_every(f"source{index}", metrics, c.source_updates)
-                        c.phase_updates += 1
-                        bar.update(1)
-                        self._maybe_checkpoint()
-                self._next_phase("offline")
+            if c.phase == "pretrain":
+                self._pretrain_phase(bar)
+                self._next_phase("warmup" if s.warmup_rounds else "offline")
+            while c.warmup_round < s.warmup_rounds:  # the official code's warm-up (none in the paper)
+                if c.phase == "warmup":
+                    self._offline_phase(bar, s.warmup_world_model_updates, world_model_only=True)
+                    self._next_phase("warmup_online")
+                if c.phase == "warmup_online":
+                    self._online_phase(bar, s.warmup_online_updates)
+                    c.warmup_round += 1
+                    self._next_phase("warmup" if c.warmup_round < s.warmup_rounds else "offline")
             while c.round < s.rounds:
                 if c.phase == "offline":
-                    if c.phase_updates == 0 and len(self.agent.sources) > 1:
-                        index, kls = self.agent.choose_source(self.sample_target())
-                        log_metrics(self.logger, {"train/chosen_source": float(index),
-                                                  **{f"train/source{i}_embedding_kl": k.item() for i, k in enumerate(kls)}},
-                                    c.target_updates)
-                    while c.phase_updates < s.offline_updates:
-                        metrics = self.agent.target_update(self.sample_target())
-                        c.target_updates += 1
-                        c.phase_updates += 1
-                        bar.update(1)
-                        self._log_every("target", metrics, c.target_updates)
-                        if c.target_updates - c.last_eval_update >= s.eval_every_target_updates:
-                            bar.set_postfix(eval_return=f"{self.evaluate()['eval/return_mean']:.1f}")
-                        self._maybe_checkpoint()
+                    self._offline_phase(bar, s.offline_updates)
                     self._next_phase("online")
                 if c.phase == "online":
-                    index = self.agent.active_source
-                    while c.phase_updates < s.online_updates:
-                        self._collect(index)
-                        metrics = self.agent.source_update(self._source_batch(index), self.sample_target(), index)
-                        c.source_updates += 1
-                        c.phase_updates += 1
-                        bar.update(1)
-                        self._log_every(f"source{index}", metrics, c.source_updates)
-                        self._maybe_checkpoint()
+                    self._online_phase(bar, s.online_updates)
                     c.round += 1
                     self._next_phase("offline")
         finally:
@@ -213,6 +195,54 @@ class CoWorldTrainer:
         c.phase = "done"
         self.save()
         return c
+
+    def _pretrain_phase(self, bar: tqdm) -> None:
+        """Each source in turn: plain online DreamerV2 for ``source_pretrain_frames``."""
+        c, s = self.counters, self.schedule
+        updates_per_source = s.source_pretrain_frames // (self.frames_per_step * self.train_every)
+        for index in range(len(self.agent.sources)):
+            while c.phase_updates < (index + 1) * updates_per_source:
+                self._collect(index)
+                if len(self.source_replays[index]) * self.frames_per_step >= self.prefill_frames:
+                    metrics = self.agent.source_update(self._source_batch(index), None, index)
+                    c.source_updates += 1
+                    self._log_every(f"source{index}", metrics, c.source_updates)
+                c.phase_updates += 1
+                bar.update(1)
+                self._maybe_checkpoint()
+
+    def _offline_phase(self, bar: tqdm, updates: int, *, world_model_only: bool = False) -> None:
+        """Target updates on dataset sequences; with several sources, first pick the closest (Eq. 12)."""
+        c = self.counters
+        if c.phase_updates == 0 and len(self.agent.sources) > 1:
+            index, kls = self.agent.choose_source(self.sample_target())
+            log_metrics(self.logger, {"train/chosen_source": float(index),
+                                      **{f"train/source{i}_embedding_kl": k.item() for i, k in enumerate(kls)}},
+                        c.target_updates)
+        update = self.agent.target_world_model_update if world_model_only else self.agent.target_update
+        while c.phase_updates < updates:
+            metrics = update(self.sample_target())
+            c.target_updates += 1
+            c.phase_updates += 1
+            bar.update(1)
+            self._log_every("target", metrics, c.target_updates)
+            if c.target_updates - c.last_eval_update >= self.schedule.eval_every_target_updates:
+                bar.set_postfix(eval_return=f"{self.evaluate()['eval/return_mean']:.1f}")
+            self._maybe_checkpoint()
+
+    def _online_phase(self, bar: tqdm, updates: int) -> None:
+        """Source updates of the active source, each after ``train_every`` of its env steps, on
+        its own and relabelled target sequences."""
+        c = self.counters
+        index = self.agent.active_source
+        while c.phase_updates < updates:
+            self._collect(index)
+            metrics = self.agent.source_update(self._source_batch(index), self.sample_target(), index)
+            c.source_updates += 1
+            c.phase_updates += 1
+            bar.update(1)
+            self._log_every(f"source{index}", metrics, c.source_updates)
+            self._maybe_checkpoint()
 
     def _log_every(self, prefix: str, metrics: TensorDictBase, step: int, every: int = 100) -> None:
         if step % every == 0:
