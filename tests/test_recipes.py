@@ -59,3 +59,14 @@ def test_recipe_wrongly_typed_override_is_refused_by_the_schema(tmp_path):
     assert proc.returncode != 0
     assert "batch_size" in proc.stderr and "many" in proc.stderr
     assert not out.exists()
+
+
+def test_recipe_multirun_sweeps_seeds_into_separate_run_folders(tmp_path):
+    """``-m train.seed=0,1`` runs both jobs in one process, each into its own run folder with its own seed."""
+    proc = run_recipe(["-m", *TINY, f"output_dir={tmp_path}/seed${{train.seed}}", "train.seed=0,1"], cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for seed in (0, 1):
+        run = tmp_path / f"seed{seed}"
+        assert yaml.safe_load((run / "config.yaml").read_text())["train"]["seed"] == seed
+        results = [json.loads(line) for line in (run / "results.jsonl").read_text().splitlines()]
+        assert len(results) == 1 and results[0]["frames"] == 200
