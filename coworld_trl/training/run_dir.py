@@ -23,9 +23,8 @@ class RunDirectory:
     """One run's folder. Re-running with the same folder resumes; a different config is refused.
 
     Layout: ``config.yaml`` (resolved config), ``results.jsonl`` (one record per
-    evaluation), ``checkpoint.pt`` (latest state), ``replay.<frames>/`` (the replay buffer the checkpoint
-    references),
-    ``logs/`` (logger output, videos).
+    evaluation), ``checkpoint.pt`` (latest state), the online replay's memmap folder (``replay/``, or
+    ``replay_source<i>/`` per CoWorld source; see ``OnlineReplay``), ``logs/`` (logger output, videos).
     """
 
     def __init__(self, path: str | Path, config: dict[str, Any]):
