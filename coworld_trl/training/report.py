@@ -1,15 +1,55 @@
-"""Reporting helpers: learning-curve plots and random-policy baselines.
+"""Reporting helpers: learning-curve plots, result tables and random-policy baselines.
 
     python -m coworld_trl.training.report random dmc/walker_walk --episodes 10
     python -m coworld_trl.training.report curve runs/.../results.jsonl -o curve.png --baseline 35
+    python -m coworld_trl.training.report table runs/cmp_coworld_s0 runs/cmp_coworld_s1 runs/cmp_alone_s0
 """
 from __future__ import annotations
 
 import argparse
 import json
+import re
+import statistics
 from pathlib import Path
 
 import torch
+
+
+def read_results(path: Path) -> list[dict]:
+    """The evaluation records of a ``results.jsonl`` file."""
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"no results file at {path}; pass a run's results.jsonl (or its run folder for 'table')")
+    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+
+
+def results_table(run_dirs: list[Path]) -> str:
+    """A markdown table of each run's evaluations (return and, where logged, value bias), then the
+    mean and std over seeds of the final evaluation, grouping runs whose folder names differ only
+    in a trailing ``_s<seed>``."""
+    lines = ["| run | eval return, per evaluation | final return (mean +- std over episodes) "
+             "| value bias, per evaluation |", "|---|---|---|---|"]
+    finals: dict[str, list[dict]] = {}
+    for run in run_dirs:
+        records = read_results(Path(run) / "results.jsonl")
+        if not records:
+            raise ValueError(f"{run}/results.jsonl holds no evaluation yet; run it until its first evaluation")
+        returns = " / ".join(f"{r['eval/return_mean']:.2f}" for r in records)
+        biases = " / ".join(f"{r['eval/value_bias']:+.2f}" for r in records if "eval/value_bias" in r) or "-"
+        last = records[-1]
+        lines.append(f"| {Path(run).name} | {returns} | {last['eval/return_mean']:.2f} +- "
+                     f"{last['eval/return_std']:.2f} | {biases} |")
+        finals.setdefault(re.sub(r"_s\d+$", "", Path(run).name), []).append(last)
+    lines.append("")
+    for group, lasts in finals.items():
+        parts = [f"{group}: n = {len(lasts)}"]
+        for key, name in (("eval/return_mean", "final return"), ("eval/value_bias", "final value bias")):
+            values = [r[key] for r in lasts if key in r]
+            if values:
+                spread = f" +- {statistics.stdev(values):.2f}" if len(values) > 1 else ""
+                sign = "+" if key == "eval/value_bias" else ""
+                parts.append(f"{name} {statistics.mean(values):{sign}.2f}{spread}")
+        lines.append("- " + ", ".join(parts) + " (mean +- std over seeds)")
+    return "\n".join(lines)
 
 
 def plot_curves(results: list[Path], output: Path, *, baseline: float | None = None, title: str = "") -> None:
@@ -21,7 +61,7 @@ def plot_curves(results: list[Path], output: Path, *, baseline: float | None = N
 
     fig, ax = plt.subplots(figsize=(6, 4))
     for path in results:
-        records = [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+        records = read_results(path)
         frames = [r["frames"] for r in records]
         mean = torch.tensor([r["eval/return_mean"] for r in records])
         std = torch.tensor([r["eval/return_std"] for r in records])
@@ -56,12 +96,19 @@ def main(argv: list[str] | None = None) -> None:
     curve.add_argument("-o", "--output", type=Path, required=True)
     curve.add_argument("--baseline", type=float)
     curve.add_argument("--title", default="")
+    table = sub.add_parser("table", help="markdown table of eval returns and value bias of run folders")
+    table.add_argument("runs", nargs="+", type=Path)
     args = parser.parse_args(argv)
     if args.command == "random":
         from coworld_trl.envs.baselines import random_policy_stats
 
         print(json.dumps(random_policy_stats(args.env, episodes=args.episodes, seed=args.seed,
                                              fast_render=args.fast_render)))
+    elif args.command == "table":
+        try:
+            print(results_table(args.runs))
+        except (FileNotFoundError, ValueError) as err:
+            raise SystemExit(f"error: {err}") from None
     else:
         plot_curves(args.results, args.output, baseline=args.baseline, title=args.title)
 
