@@ -7,19 +7,16 @@ coworld_loop.CoWorldTrainer` runs Algorithm 1 around it with envs, buffers and l
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Sequence
+from dataclasses import dataclass, replace
+from typing import Optional, Sequence
 
 import torch
 from tensordict import TensorDict, TensorDictBase
 from torch import nn
 
-from coworld_trl.agents.dreamer import DreamerV2Agent, build_networks
+from coworld_trl.agents.dreamer import AgentConfig, DreamerV2Agent, ModelConfig, build_networks
 from coworld_trl.modules.coworld import RewardRelabeler, check_same_latent_size
 from coworld_trl.objectives import EtaSchedule, MinMaxValuePenalty, MixedRewardLoss, StateAlignmentLoss, select_source
-
-if TYPE_CHECKING:
-    from coworld_trl.training.config import AgentConfig, ModelConfig
 
 
 @dataclass
@@ -33,7 +30,9 @@ class CouplingConfig:
             with) or ``"mean"``.
         relabel: Eq. 4-5 on (``False``: "w/o reward alignment": the source trains on its own rewards).
         k: target-reward weight of the relabelled reward (0.9 DMC, 0.3 Meta-World/RoboDesk).
-        eta_start, eta_end, eta_steps: Eq. 5's schedule over source updates (paper 1 -> 0.1).
+        eta_start, eta_end, eta_steps: Eq. 5's linear schedule over relabelled source updates
+            (paper 1 -> 0.1, no length given); ``eta_steps=None`` decays over the run's own
+            relabelled updates, which the experiment passes as ``eta_steps_default``.
         value_constraint: ``"max"`` (Eq. 6), ``"linear"`` ("w/o Max") or ``"none"``
             ("w/o value constraint").
         alpha: weight of the constraint (1 DMC, 2 Meta-World/RoboDesk).
@@ -46,7 +45,7 @@ class CouplingConfig:
     k: float = 0.9
     eta_start: float = 1.0
     eta_end: float = 0.1
-    eta_steps: int = 200_000
+    eta_steps: Optional[int] = None
     value_constraint: str = "max"
     alpha: float = 1.0
 
@@ -111,8 +110,9 @@ class CoWorldAgent(nn.Module):
         index = self.active_source if index is None else index
         source = self.sources[index]
         if self.coupling.relabel and target_batch is not None:
-            losses = self.mixed_reward_losses[index](
-                TensorDict({"source": source_batch, "target": target_batch}), step=self.source_updates[index])
+            with source._autocast():
+                losses = self.mixed_reward_losses[index](
+                    TensorDict({"source": source_batch, "target": target_batch}), step=self.source_updates[index])
             metrics = source.step_world_model(losses)
         else:
             metrics = source.update_world_model(source_batch)
@@ -135,23 +135,33 @@ class CoWorldAgent(nn.Module):
         self.set_active_source(state["active_source"])
 
 
-def make_coworld_agent(model: "ModelConfig", agent: "AgentConfig", coupling: CouplingConfig, *, action_dim: int,
+def make_coworld_agent(model: ModelConfig, agent: AgentConfig, coupling: CouplingConfig, *, action_dim: int,
                        num_sources: int = 1, obs_shape=(3, 64, 64), device: torch.device | str = "cpu",
-                       autocast: bool = False) -> CoWorldAgent:
+                       autocast: bool = False, nan_policy: str = "raise",
+                       eta_steps_default: int | None = None) -> CoWorldAgent:
     """Sources first, then the target with the min-max penalty on the first source's critic.
 
     Source and target share ``model`` (identical latent sizes are required) and
     ``action_dim`` (pad the smaller action space: ``make_env(..., pad_action_dim=...)``).
+    ``eta_steps_default``: eta's decay length when ``coupling.eta_steps`` is None (a run's
+    relabelled source updates, so eta reaches ``eta_end`` at its last one).
     """
+    if coupling.eta_steps is None:
+        if eta_steps_default is None:
+            raise ValueError("coupling.eta_steps is None and no eta_steps_default was given; set coupling.eta_steps "
+                             "to the number of relabelled source updates eta decays over.")
+
+        coupling = replace(coupling, eta_steps=eta_steps_default)
     sources = []
     for _ in range(num_sources):
         world_model, actor, critic = (n.to(device) for n in build_networks(model, action_dim=action_dim,
                                                                            obs_shape=tuple(obs_shape)))
-        sources.append(DreamerV2Agent(world_model, actor, critic, agent, autocast=autocast))
+        sources.append(DreamerV2Agent(world_model, actor, critic, agent, autocast=autocast, nan_policy=nan_policy))
     penalty = None
     if coupling.value_constraint != "none":
         penalty = MinMaxValuePenalty(sources[0].critic, alpha=coupling.alpha, mode=coupling.value_constraint)
     world_model, actor, critic = (n.to(device) for n in build_networks(model, action_dim=action_dim,
                                                                        obs_shape=tuple(obs_shape)))
-    target = DreamerV2Agent(world_model, actor, critic, agent, value_penalty=penalty, autocast=autocast)
+    target = DreamerV2Agent(world_model, actor, critic, agent, value_penalty=penalty, autocast=autocast,
+                            nan_policy=nan_policy)
     return CoWorldAgent(target, sources, coupling)

@@ -8,7 +8,8 @@ penalty hook.
 from __future__ import annotations
 
 import contextlib
-from typing import TYPE_CHECKING, Callable, Sequence
+from dataclasses import dataclass
+from typing import Callable, Sequence
 
 import torch
 from tensordict import TensorDict, TensorDictBase
@@ -18,11 +19,57 @@ from coworld_trl.modules import Actor, ScalarHead, WorldModel, make_world_model
 from coworld_trl.modules.policy import LatentPolicy
 from coworld_trl.objectives import ActorLoss, ValueLoss, WorldModelLoss, imagine
 
-if TYPE_CHECKING:  # configs are plain dataclasses from coworld_trl.training.config
-    from coworld_trl.training.config import AgentConfig, ModelConfig
+@dataclass
+class ModelConfig:
+    """World model, actor and critic sizes (defaults: Table 7 of the paper)."""
+
+    latent: str = "discrete"
+    stoch: int = 32
+    classes: int = 32
+    deter: int = 600
+    hidden: int = 600
+    norm_gru: bool = True
+    cnn_depth: int = 48
+    mlp_units: int = 400
+    reward_layers: int = 4
+    discount_head: bool = False
+    actor_layers: int = 4
+    actor_dist: str = "trunc_normal"
+    critic_layers: int = 4
 
 
-def build_networks(model: "ModelConfig", *, action_dim: int, obs_shape: tuple[int, ...]) -> tuple[WorldModel, Actor, ScalarHead]:
+@dataclass
+class AgentConfig:
+    """Loss scales, optimisers and behaviour learning (defaults: Table 7 / DreamerV2)."""
+
+    model_lr: float = 2e-4
+    actor_lr: float = 4e-5
+    critic_lr: float = 1e-4
+    adam_eps: float = 1e-5
+    grad_clip: float = 100.0
+    kl_scale: float = 1.0
+    kl_balance: float = 0.8
+    free_nats: float = 1.0
+    free_nats_placement: str = "mean"
+    reward_scale: float = 1.0
+    discount_scale: float = 1.0
+    horizon: int = 15
+    gamma: float = 0.995
+    lmbda: float = 0.95
+    rho: float = 1.0
+    entropy_scale: float = 1e-4
+    slow_critic_interval: int = 100
+    expl_noise: float = 0.0
+
+
+NAN_POLICIES = ("raise", "skip")
+
+
+class NonFiniteLossError(RuntimeError):
+    """A loss term came out NaN or infinite (``nan_policy="raise"``)."""
+
+
+def build_networks(model: ModelConfig, *, action_dim: int, obs_shape: tuple[int, ...]) -> tuple[WorldModel, Actor, ScalarHead]:
     """World model, actor and critic sized by ``model``."""
     world_model = make_world_model(
         action_dim=action_dim, obs_shape=obs_shape, latent=model.latent, stoch=model.stoch, classes=model.classes,
@@ -45,6 +92,9 @@ class DreamerV2Agent(nn.Module):
     Keyword Args:
         value_penalty: optional per-step penalty module for the value loss (Eq. 6).
         autocast: run forward passes under bf16 autocast (CUDA).
+        nan_policy: when the summed loss of an optimiser is not finite, ``"raise"``
+            :class:`NonFiniteLossError` naming the non-finite ``loss_*`` terms, or ``"skip"``
+            that optimiser's step (its metrics then carry ``skipped_<optimiser>`` = 1).
     """
 
     def __init__(
@@ -52,12 +102,16 @@ class DreamerV2Agent(nn.Module):
         world_model: WorldModel,
         actor: Actor,
         critic: nn.Module,
-        config: "AgentConfig",
+        config: AgentConfig,
         *,
         value_penalty: nn.Module | None = None,
         autocast: bool = False,
+        nan_policy: str = "raise",
     ):
         super().__init__()
+        if nan_policy not in NAN_POLICIES:
+            raise ValueError(f"nan_policy={nan_policy!r}; use 'raise' or 'skip'.")
+        self.nan_policy = nan_policy
         self.config = config
         self.world_model, self.actor = world_model, actor
         self.world_model_loss = WorldModelLoss(
@@ -86,13 +140,28 @@ class DreamerV2Agent(nn.Module):
             return contextlib.nullcontext()
         return torch.autocast(device.type, dtype=torch.bfloat16)
 
-    def _step(self, name: str, loss: torch.Tensor, params) -> torch.Tensor:
+    def _step(self, name: str, losses: TensorDict, params) -> TensorDict:
+        """Sum the ``loss_*`` terms of ``losses``, backpropagate, clip and step optimiser ``name``;
+        writes ``grad_norm_<name>`` and ``skipped_<name>`` into ``losses``."""
         optimizer = self.optimizers[name]
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        grad_norm = nn.utils.clip_grad_norm_(params, self.config.grad_clip)
-        optimizer.step()
-        return grad_norm
+        terms = {key: value for key, value in losses.items() if key.startswith("loss_")}
+        total = sum(terms.values())
+        # The one host sync of an update: a NaN must never reach the weights or a checkpoint.
+        finite = bool(torch.isfinite(total))
+        skipped = torch.zeros((), device=total.device)
+        if finite:
+            total.backward()
+            losses[f"grad_norm_{name}"] = nn.utils.clip_grad_norm_(params, self.config.grad_clip)
+            optimizer.step()
+        else:
+            bad = ", ".join(key for key, value in terms.items() if not torch.isfinite(value).all())
+            if self.nan_policy == "raise":
+                raise NonFiniteLossError(f"non-finite {bad} in the {name} update")
+            losses[f"grad_norm_{name}"] = torch.full((), float("nan"), device=total.device)
+            skipped = torch.ones((), device=total.device)
+        losses[f"skipped_{name}"] = skipped
+        return losses
 
     def update_world_model(self, batch: TensorDictBase, extra_losses: Sequence[Callable] = ()) -> TensorDict:
         """One Eq. 2 step on a ``[B, T]`` batch; leaves the posterior latents in ``batch``.
@@ -110,9 +179,7 @@ class DreamerV2Agent(nn.Module):
 
     def step_world_model(self, losses: TensorDict) -> TensorDict:
         """Sum the ``loss_*`` entries of ``losses``, backpropagate, clip and step the world model."""
-        total = sum(value for key, value in losses.items() if key.startswith("loss_"))
-        losses["grad_norm_world_model"] = self._step("world_model", total, self.world_model.parameters())
-        return losses.detach()
+        return self._step("world_model", losses, self.world_model.parameters()).detach()
 
     def imagine(self, batch: TensorDictBase) -> TensorDictBase:
         """Imagined trajectories from every posterior state of ``batch``, with value targets."""
@@ -126,13 +193,10 @@ class DreamerV2Agent(nn.Module):
         imagined = self.imagine(batch)
         with self._autocast():
             actor_losses = self.actor_loss(imagined)
-        actor_losses["grad_norm_actor"] = self._step("actor", actor_losses["loss_actor"], self.actor.parameters())
+        self._step("actor", actor_losses, self.actor.parameters())
         with self._autocast():
             value_losses = self.value_loss(imagined)
-        value_total = sum(v for k, v in value_losses.items() if k.startswith("loss_"))
-        value_losses["grad_norm_value"] = self._step(
-            "value", value_total, self.value_loss.value_network_params.values(True, True)
-        )
+        self._step("value", value_losses, self.value_loss.value_network_params.values(True, True))
         self.target_updater.step()
         return actor_losses.update(value_losses).detach()
 
@@ -159,9 +223,10 @@ class DreamerV2Agent(nn.Module):
         self.target_updater.counter = state["target_updater_counter"]
 
 
-def make_dreamer_agent(model: "ModelConfig", agent: "AgentConfig", *, action_dim: int, obs_shape=(3, 64, 64),
-                       device: torch.device | str = "cpu", autocast: bool = False) -> DreamerV2Agent:
+def make_dreamer_agent(model: ModelConfig, agent: AgentConfig, *, action_dim: int, obs_shape=(3, 64, 64),
+                       device: torch.device | str = "cpu", autocast: bool = False,
+                       nan_policy: str = "raise") -> DreamerV2Agent:
     """Build networks on ``device`` first, so optimisers and the slow critic live there too."""
     networks = build_networks(model, action_dim=action_dim, obs_shape=tuple(obs_shape))
     world_model, actor, critic = (net.to(device) for net in networks)
-    return DreamerV2Agent(world_model, actor, critic, agent, autocast=autocast)
+    return DreamerV2Agent(world_model, actor, critic, agent, autocast=autocast, nan_policy=nan_policy)
