@@ -13,8 +13,7 @@ import pytest
 import torch
 import yaml
 
-from coworld_trl.agents.coworld import CouplingConfig, make_coworld_agent
-from coworld_trl.training.config import AgentConfig, ModelConfig
+from coworld_trl.agents import AgentConfig, CouplingConfig, ModelConfig, make_coworld_agent
 
 TINY_MODEL = ModelConfig(stoch=4, classes=4, deter=16, hidden=16, cnn_depth=16, mlp_units=16, reward_layers=1,
                          actor_layers=1, critic_layers=1)
@@ -30,7 +29,8 @@ def changed(before: dict, module: torch.nn.Module) -> bool:
 
 
 def make_agent(**coupling):
-    return make_coworld_agent(TINY_MODEL, AgentConfig(), CouplingConfig(**coupling), action_dim=2, num_sources=2)
+    return make_coworld_agent(TINY_MODEL, AgentConfig(), CouplingConfig(**coupling), action_dim=2, num_sources=2,
+                              eta_steps_default=1_000)
 
 
 def test_target_update_moves_only_the_target(make_batch):
@@ -77,15 +77,30 @@ def test_ablation_switches_remove_their_terms(make_batch):
 
 
 def test_choosing_a_source_redirects_alignment_and_value_constraint(make_batch):
+    """Eq. 12 picks the source identical to the target; then the target's alignment reads that
+    source's encoder (KL 0) and its min-max penalty that source's critic; a checkpoint keeps it."""
     agent = make_agent()
     agent.sources[1].world_model.load_state_dict(agent.target.world_model.state_dict())
+    # Source 0's critic values every state far above any target value, source 1's far below.
+    for source, bias in zip(agent.sources, (1e6, -1e6)):
+        with torch.no_grad():
+            list(source.critic.parameters())[-1].fill_(bias)
     index, kls = agent.choose_source(make_batch(B, T))
-    assert index == 1 and agent.active_source == 1
-    assert agent.penalty.source_critic is agent.sources[1].critic
+    assert index == 1 and agent.active_source == 1 and kls[1].item() == pytest.approx(0.0, abs=1e-6)
     state = agent.checkpoint_state()
+    metrics = agent.target_update(make_batch(B, T))
+    assert metrics["alignment_kl"].item() == pytest.approx(0.0, abs=1e-6)
+    assert metrics["value_exceeds_source"].item() == 1.0 and metrics["source_value"].item() < -1e5
+    agent.set_active_source(0)
+    metrics = agent.target_update(make_batch(B, T))
+    assert metrics["value_exceeds_source"].item() == 0.0 and metrics["source_value"].item() > 1e5
+    assert metrics["alignment_kl"].item() > 0
     fresh = make_agent()
     fresh.load_checkpoint_state(state)
-    assert fresh.active_source == 1 and fresh.penalty.source_critic is fresh.sources[1].critic
+    assert fresh.active_source == 1
+    assert fresh.target_update(make_batch(B, T))["value_exceeds_source"].item() == 1.0
+    with pytest.raises(IndexError, match="source 2 does not exist"):
+        agent.set_active_source(2)
 
 
 def test_different_latent_sizes_are_refused():

@@ -469,15 +469,19 @@ def test_slow_critic_hard_copy_every_100_steps():
 
 
 class ScaledValuePenalty(torch.nn.Module):
+    """A penalty ``alpha * w * v``: reads the critic's prediction ``value`` that ValueLoss writes."""
+
     def __init__(self, alpha: float):
         super().__init__()
         self.alpha = alpha
         self.calls = 0
 
-    def forward(self, imagined, value):
+    def forward(self, imagined):
         self.calls += 1
-        assert value.shape == imagined.shape
-        return self.alpha * value
+        value = imagined["value"]
+        assert value.shape == imagined.shape and value.requires_grad
+        return TensorDict(loss_value_penalty=(imagined["weight"] * self.alpha * value).mean(),
+                          penalty_calls=torch.tensor(float(self.calls)))
 
 
 def test_value_loss_penalty_extension_point():
@@ -494,7 +498,7 @@ def test_value_loss_penalty_extension_point():
     )
     value_loss.targets(imagined)
     out = value_loss(imagined)
-    assert penalty.calls == 1
+    assert penalty.calls == 1 and out["penalty_calls"].item() == 1.0  # the penalty's entries are reported
     value = critic(imagined["features"])
     weight, target = imagined["weight"], imagined["value_target"].detach()
     torch.testing.assert_close(out["loss_value_penalty"], (weight * alpha * value).mean())

@@ -1,9 +1,11 @@
 """DreamerV2 as a composition of the library's modules and losses.
 
-The agent owns networks, losses and one optimiser per loss; it never builds envs,
-buffers or loggers. CoWorld composes two of these (source and target) and adds its
-alignment terms around :meth:`DreamerV2Agent.update_world_model` and the value loss's
-penalty hook.
+The agent owns its losses (which hold the networks) and one optimiser per loss; it never
+builds envs, buffers or loggers. CoWorld composes two of these (source and target) and
+adds its alignment terms around :meth:`DreamerV2Agent.update_world_model`, its source
+value through :meth:`DreamerV2Agent.update_behaviour`'s hooks and the value loss's penalty,
+and Eq. 5 as the source's world-model loss. The config schemas of this layer
+(:class:`ModelConfig`, :class:`AgentConfig`) live here, next to what they configure.
 """
 from __future__ import annotations
 
@@ -15,9 +17,8 @@ import torch
 from tensordict import TensorDict, TensorDictBase
 from torch import nn
 
-from coworld_trl.modules import Actor, ScalarHead, WorldModel, make_world_model
-from coworld_trl.modules.policy import LatentPolicy
-from coworld_trl.objectives import ActorLoss, ValueLoss, WorldModelLoss, imagine
+from coworld_trl.modules import Actor, LatentPolicy, ScalarHead, WorldModel, make_world_model, require
+from coworld_trl.objectives import ActorLoss, ImaginedKeys, ValueLoss, WorldModelLoss, imagine
 
 @dataclass
 class ModelConfig:
@@ -82,28 +83,54 @@ def build_networks(model: ModelConfig, *, action_dim: int, obs_shape: tuple[int,
     return world_model, actor, critic
 
 
+NAN_POLICIES = ("raise", "skip")
+Hook = Callable[[TensorDictBase], object]
+
+
+def world_model_loss_kwargs(config: AgentConfig) -> dict:
+    """The :class:`WorldModelLoss` hyperparameters of ``config``."""
+    return dict(kl_scale=config.kl_scale, kl_balance=config.kl_balance, free_nats=config.free_nats,
+                free_nats_placement=config.free_nats_placement, reward_scale=config.reward_scale,
+                discount_scale=config.discount_scale)
+
+
 class DreamerV2Agent(nn.Module):
-    """A DreamerV2 agent: world model, actor, critic, their losses and optimisers.
+    """A DreamerV2 agent: its three losses (which hold the networks) and one optimiser per loss.
+
+    The modules it registers are its losses: ``world_model_loss`` (holding the world
+    model), ``actor_loss`` (the actor) and ``value_loss`` (the critic and the slow
+    critic), so its ``state_dict`` holds every tensor once. :attr:`world_model`,
+    :attr:`actor` and :attr:`critic` are views into them.
 
     Args:
-        world_model, actor, critic: networks (see :func:`build_networks`).
+        world_model, actor, critic: networks (see :func:`build_networks`); ``actor`` is any
+            TorchRL probabilistic actor over the latent features (``ActorLoss``'s contract).
         config: losses, learning rates and behaviour hyperparameters.
 
     Keyword Args:
-        value_penalty: optional per-step penalty module for the value loss (Eq. 6).
+        world_model_loss: the world model's loss (default: a :class:`WorldModelLoss` with
+            ``config``'s scales); a CoWorld source passes a
+            :class:`~coworld_trl.objectives.MixedRewardLoss` (Eq. 5). It must train ``world_model``.
+        value_penalty: optional penalty LossModule for the value loss (Eq. 6).
         autocast: run forward passes under bf16 autocast (CUDA).
-        nan_policy: when the summed loss of an optimiser is not finite, ``"raise"``
-            :class:`NonFiniteLossError` naming the non-finite ``loss_*`` terms, or ``"skip"``
-            that optimiser's step (its metrics then carry ``skipped_<optimiser>`` = 1).
+        nan_policy: what to do when the summed loss of an optimiser step is not finite:
+            ``"raise"`` raises :class:`NonFiniteLossError` naming the non-finite ``loss_*``
+            terms; ``"skip"`` skips that optimiser step (no weight changes) and reports
+            ``skipped_<optimiser> = 1.0`` in the metrics (``0.0`` otherwise).
+
+    Examples:
+        >>> agent = make_dreamer_agent(ModelConfig(), AgentConfig(), action_dim=6)
+        >>> metrics = agent.update(batch)   # loss_image, ..., loss_actor, loss_value, grad_norm_*, skipped_*
     """
 
     def __init__(
         self,
         world_model: WorldModel,
-        actor: Actor,
+        actor: nn.Module,
         critic: nn.Module,
         config: AgentConfig,
         *,
+        world_model_loss: WorldModelLoss | None = None,
         value_penalty: nn.Module | None = None,
         autocast: bool = False,
         nan_policy: str = "raise",
@@ -111,14 +138,12 @@ class DreamerV2Agent(nn.Module):
         super().__init__()
         if nan_policy not in NAN_POLICIES:
             raise ValueError(f"nan_policy={nan_policy!r}; use 'raise' or 'skip'.")
-        self.nan_policy = nan_policy
+        if world_model_loss is None:
+            world_model_loss = WorldModelLoss(world_model, **world_model_loss_kwargs(config))
+        elif world_model_loss.world_model is not world_model:
+            raise ValueError("world_model_loss must train the agent's world_model (build it on that model).")
         self.config = config
-        self.world_model, self.actor = world_model, actor
-        self.world_model_loss = WorldModelLoss(
-            world_model, kl_scale=config.kl_scale, kl_balance=config.kl_balance, free_nats=config.free_nats,
-            free_nats_placement=config.free_nats_placement, reward_scale=config.reward_scale,
-            discount_scale=config.discount_scale,
-        )
+        self.world_model_loss = world_model_loss
         self.actor_loss = ActorLoss(actor, rho=config.rho, entropy_scale=config.entropy_scale)
         self.value_loss = ValueLoss(critic, lmbda=config.lmbda, penalty=value_penalty)
         self.target_updater = self.value_loss.make_target_updater(config.slow_critic_interval)
@@ -129,39 +154,62 @@ class DreamerV2Agent(nn.Module):
             "value": torch.optim.Adam(self.value_loss.value_network_params.values(True, True), lr=config.critic_lr, **adam),
         }
         self.autocast = autocast
+        self.nan_policy = nan_policy
+
+    @property
+    def world_model(self) -> WorldModel:
+        return self.world_model_loss.world_model
+
+    @property
+    def actor(self) -> nn.Module:
+        return self.actor_loss.actor
 
     @property
     def critic(self) -> nn.Module:
         return self.value_loss.value_network
 
-    def _autocast(self):
-        device = next(self.parameters()).device
+    def autocast_context(self):
+        """bf16 autocast on the agent's device when ``autocast`` is on, else a no-op context."""
         if not self.autocast:
             return contextlib.nullcontext()
-        return torch.autocast(device.type, dtype=torch.bfloat16)
+        return torch.autocast(next(self.parameters()).device.type, dtype=torch.bfloat16)
 
-    def _step(self, name: str, losses: TensorDict, params) -> TensorDict:
-        """Sum the ``loss_*`` terms of ``losses``, backpropagate, clip and step optimiser ``name``;
-        writes ``grad_norm_<name>`` and ``skipped_<name>`` into ``losses``."""
+    # ----------------------------------------------------------------- steps
+    def _step(self, name: str, losses: TensorDict) -> TensorDict:
+        """Sum the ``loss_*`` entries of ``losses``, backpropagate, clip, step optimiser ``name``.
+
+        Writes ``grad_norm_<name>`` and ``skipped_<name>`` into ``losses``.
+        """
+        total = sum(value for key, value in losses.items() if key.startswith("loss_"))
         optimizer = self.optimizers[name]
         optimizer.zero_grad(set_to_none=True)
-        terms = {key: value for key, value in losses.items() if key.startswith("loss_")}
-        total = sum(terms.values())
-        # The one host sync of an update: a NaN must never reach the weights or a checkpoint.
-        finite = bool(torch.isfinite(total))
-        skipped = torch.zeros((), device=total.device)
-        if finite:
-            total.backward()
-            losses[f"grad_norm_{name}"] = nn.utils.clip_grad_norm_(params, self.config.grad_clip)
-            optimizer.step()
-        else:
-            bad = ", ".join(key for key, value in terms.items() if not torch.isfinite(value).all())
+        # The one host sync of an optimiser step: whether to step must be known on the host
+        # before the weights change, and a NaN that reached Adam's moments could not be undone.
+        if not bool(torch.isfinite(total)):
             if self.nan_policy == "raise":
-                raise NonFiniteLossError(f"non-finite {bad} in the {name} update")
-            losses[f"grad_norm_{name}"] = torch.full((), float("nan"), device=total.device)
-            skipped = torch.ones((), device=total.device)
-        losses[f"skipped_{name}"] = skipped
+                raise NonFiniteLossError(self._non_finite_message(name, losses))
+            losses[f"grad_norm_{name}"] = torch.zeros((), device=total.device)
+            losses[f"skipped_{name}"] = torch.ones((), device=total.device)
+            return losses
+        total.backward()
+        losses[f"grad_norm_{name}"] = nn.utils.clip_grad_norm_(self._trained_params(name), self.config.grad_clip)
+        optimizer.step()
+        losses[f"skipped_{name}"] = torch.zeros((), device=total.device)
         return losses
+
+    def _trained_params(self, name: str):
+        if name == "world_model":
+            return self.world_model.parameters()
+        if name == "actor":
+            return self.actor.parameters()
+        return self.value_loss.value_network_params.values(True, True)
+
+    @staticmethod
+    def _non_finite_message(name: str, losses: TensorDict) -> str:
+        bad = [f"{key}={value.item():.4g}" for key, value in losses.items()
+               if key.startswith("loss_") and not bool(torch.isfinite(value))]
+        return (f"non-finite {', '.join(bad)} in the {name} update; check the batch for NaN/inf (rewards, "
+                f"observations, actions) or lower the learning rates (nan_policy='skip' skips such steps)")
 
     def update_world_model(self, batch: TensorDictBase, extra_losses: Sequence[Callable] = ()) -> TensorDict:
         """One Eq. 2 step on a ``[B, T]`` batch; leaves the posterior latents in ``batch``.
@@ -171,7 +219,7 @@ class DreamerV2Agent(nn.Module):
         ...); their ``loss_*`` terms join the backward pass and everything they return is
         reported.
         """
-        with self._autocast():
+        with self.autocast_context():
             losses = self.world_model_loss(batch)
             for extra in extra_losses:
                 losses.update(extra(batch))
@@ -179,24 +227,43 @@ class DreamerV2Agent(nn.Module):
 
     def step_world_model(self, losses: TensorDict) -> TensorDict:
         """Sum the ``loss_*`` entries of ``losses``, backpropagate, clip and step the world model."""
-        return self._step("world_model", losses, self.world_model.parameters()).detach()
+        return self._step("world_model", losses).detach()
+
+    def imagined_keys(self) -> ImaginedKeys:
+        """Where imagination writes: the names the actor and value losses read."""
+        actor, value = self.actor_loss.tensor_keys, self.value_loss.tensor_keys
+        if actor.features != value.features:
+            raise ValueError(f"ActorLoss reads imagined states from {actor.features!r} but ValueLoss from "
+                             f"{value.features!r}; set_keys(features=...) the same on both.")
+        return ImaginedKeys(features=value.features, action=actor.action, policy_params=actor.policy_params,
+                            next_features=value.next_features, reward=value.reward, discount=value.discount)
 
     def imagine(self, batch: TensorDictBase) -> TensorDictBase:
         """Imagined trajectories from every posterior state of ``batch``, with value targets."""
-        with self._autocast():
-            imagined = imagine(self.world_model, self.actor, batch.get("stoch"), batch.get("deter"),
-                               horizon=self.config.horizon, gamma=self.config.gamma)
+        keys, fix = self.world_model.tensor_keys, "run update_world_model(batch) first (it writes the posterior latents)"
+        stoch = require(batch, keys.stoch, "DreamerV2Agent.imagine", fix)
+        deter = require(batch, keys.deter, "DreamerV2Agent.imagine", fix)
+        with self.autocast_context():
+            imagined = imagine(self.world_model, self.actor, stoch, deter, horizon=self.config.horizon,
+                               gamma=self.config.gamma, keys=self.imagined_keys())
             return self.value_loss.targets(imagined)
 
-    def update_behaviour(self, batch: TensorDictBase) -> TensorDict:
-        """One actor (Eq. 7) and one critic step from the posterior states in ``batch``."""
+    def update_behaviour(self, batch: TensorDictBase, imagined_hooks: Sequence[Hook] = ()) -> TensorDict:
+        """One actor (Eq. 7) and one critic step from the posterior states in ``batch``.
+
+        ``imagined_hooks`` are called on the imagined TensorDict (after the value targets
+        are written, before the losses) to add entries the losses read, e.g. CoWorld's
+        ``source_value`` for the min-max penalty (Eq. 6).
+        """
         imagined = self.imagine(batch)
-        with self._autocast():
+        with self.autocast_context():
+            for hook in imagined_hooks:
+                hook(imagined)
             actor_losses = self.actor_loss(imagined)
-        self._step("actor", actor_losses, self.actor.parameters())
-        with self._autocast():
+        self._step("actor", actor_losses)
+        with self.autocast_context():
             value_losses = self.value_loss(imagined)
-        self._step("value", value_losses, self.value_loss.value_network_params.values(True, True))
+        self._step("value", value_losses)
         self.target_updater.step()
         return actor_losses.update(value_losses).detach()
 

@@ -216,11 +216,19 @@ class Actor(nn.Module):
     ``tanh_normal``: ``loc = 5 * tanh(mean / 5)``, ``scale = softplus(std + init_std) +
     min_std``, squashed by tanh.
 
+    Tensor in, distribution out (``actor(features)``), and it has the interface of a TorchRL
+    probabilistic actor (``in_keys``, ``get_dist(tensordict)``), the contract that
+    ``imagine``, ``ActorLoss`` and ``LatentPolicy`` accept. Those also use its split
+    :meth:`params` / :meth:`distribution` to reuse the parameters computed in imagination
+    (no second actor pass in the actor loss).
+
     Keyword Args:
         layers, units: hidden MLP size (4 x 400 in DreamerV2).
         dist: ``"trunc_normal"`` or ``"tanh_normal"``.
         min_std: lower bound of the scale.
         init_std: softplus offset for ``tanh_normal``.
+        in_key: the features entry ``get_dist`` reads (``"features"``).
+        out_key: the action entry (``"action"``).
     """
 
     def __init__(
@@ -233,8 +241,11 @@ class Actor(nn.Module):
         dist: ActorDist = "trunc_normal",
         min_std: float = 0.1,
         init_std: float = 0.0,
+        in_key: str = "features",
+        out_key: str = "action",
     ):
         super().__init__()
+        self.in_keys, self.out_keys = [in_key], [out_key]
         if dist not in ("trunc_normal", "tanh_normal"):
             raise ValueError(f"actor dist={dist!r} is unknown; use 'trunc_normal' or 'tanh_normal'.")
         self.dist_kind, self.min_std, self.action_dim = dist, min_std, action_dim
@@ -258,6 +269,10 @@ class Actor(nn.Module):
 
     def forward(self, features: torch.Tensor):
         return self.distribution(self.params(features))
+
+    def get_dist(self, tensordict):
+        """TorchRL's probabilistic-actor interface: the distribution at ``tensordict[in_key]``."""
+        return self(tensordict.get(self.in_keys[0]))
 
 
 def normal_nll(mean: torch.Tensor, target: torch.Tensor, event_dims: int = 0) -> torch.Tensor:

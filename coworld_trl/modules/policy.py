@@ -9,15 +9,44 @@ them back, so the same policy runs in a collector, in ``env.rollout`` or in a
 from __future__ import annotations
 
 import torch
-from tensordict import TensorDictBase
+from tensordict import TensorDict, TensorDictBase
 from tensordict.nn import TensorDictModuleBase
 from torchrl.data import Unbounded
 from torchrl.envs import TensorDictPrimer
 from torchrl.envs.utils import ExplorationType, exploration_type
 
+from coworld_trl.modules.keys import require
+from coworld_trl.modules.networks import Actor
 from coworld_trl.modules.world_model import WorldModel
 
 STATE_KEYS = ("latent_stoch", "latent_deter", "prev_action")
+
+
+def check_policy_actor(actor, owner: str) -> None:
+    """The actor contract of ``imagine``, ``ActorLoss`` and :class:`LatentPolicy`.
+
+    Any TorchRL probabilistic actor works (``ProbabilisticActor``,
+    ``ProbabilisticTensorDictSequential``, the library's :class:`Actor`): it must have
+    ``get_dist(tensordict)`` returning a distribution with ``rsample`` and ``log_prob``,
+    and exactly one in-key, the latent features ``[..., feature_dim]``.
+    """
+    if not (callable(getattr(actor, "get_dist", None)) and hasattr(actor, "in_keys")):
+        raise TypeError(f"{owner}: the actor ({type(actor).__name__}) must be a TorchRL probabilistic actor with "
+                        f"in_keys and get_dist(tensordict) (e.g. ProbabilisticActor or coworld_trl.modules.Actor).")
+    if len(actor.in_keys) != 1:
+        raise ValueError(f"{owner}: the actor reads {list(actor.in_keys)}; it must read one entry, the latent "
+                         f"features (e.g. in_keys=['features']).")
+
+
+def policy_distribution(actor, features: torch.Tensor):
+    """``pi(. | features)`` for any actor of the :func:`check_policy_actor` contract.
+
+    The library's :class:`Actor` is called on the tensor; any other actor through
+    ``get_dist`` on a TensorDict holding ``features`` under its one in-key.
+    """
+    if isinstance(actor, Actor):
+        return actor(features)
+    return actor.get_dist(TensorDict({actor.in_keys[0]: features}, batch_size=features.shape[:-1]))
 
 
 def latent_state_primer(world_model: WorldModel) -> TensorDictPrimer:
@@ -38,14 +67,17 @@ class LatentPolicy(TensorDictModuleBase):
     ``expl_noise`` Gaussian noise; otherwise (evaluation) it takes the actor's mean and
     the posterior mode.
 
-    In keys: ``pixels``, ``is_init`` and the state keys of :func:`latent_state_primer`.
-    Out keys: ``action`` and the updated state keys.
+    In keys: the world model's observation and ``is_init`` keys and the state keys of
+    :func:`latent_state_primer`. Out keys: ``action`` and the updated state keys.
+
+    ``actor``: any actor of the :func:`check_policy_actor` contract.
     """
 
     def __init__(self, world_model: WorldModel, actor: torch.nn.Module, *, expl_noise: float = 0.0):
         super().__init__()
+        check_policy_actor(actor, "LatentPolicy")
         self.world_model, self.actor, self.expl_noise = world_model, actor, expl_noise
-        self.in_keys = [world_model.obs_key, "is_init", *STATE_KEYS]
+        self.in_keys = [world_model.tensor_keys.obs, world_model.tensor_keys.is_init, *STATE_KEYS]
         self.out_keys = ["action", *STATE_KEYS]
 
     @torch.no_grad()
@@ -53,15 +85,21 @@ class LatentPolicy(TensorDictModuleBase):
         wm = self.world_model
         explore = exploration_type() == ExplorationType.RANDOM
         param = next(wm.parameters())
+        fix = "add latent_state_primer(world_model) to the env's transforms"
+
+        def read(key, fix=fix):
+            return require(tensordict, key, "LatentPolicy", fix, what="env step")
+
+        obs_fix = "the world model reads it: set_keys(obs=...) on the WorldModel"
         stoch, deter = wm.rssm.filter_step(
-            tensordict.get("latent_stoch").to(param),
-            tensordict.get("latent_deter").to(param),
-            tensordict.get("prev_action").to(param),
-            wm.encoder(tensordict.get(wm.obs_key).to(param.device)),
-            tensordict.get("is_init").to(param.device),
+            read("latent_stoch").to(param),
+            read("latent_deter").to(param),
+            read("prev_action").to(param),
+            wm.embed(read(wm.tensor_keys.obs, obs_fix).to(param.device)),
+            read(wm.tensor_keys.is_init, "add TorchRL's InitTracker to the env's transforms").to(param.device),
             sample=explore,
         )
-        dist = self.actor(wm.rssm.features(stoch, deter))
+        dist = policy_distribution(self.actor, wm.rssm.features(stoch, deter))
         if explore:
             action = dist.sample()
             if self.expl_noise > 0:

@@ -15,12 +15,37 @@ which was earned before it; it is a constant for the policy, so it is left out h
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from tensordict import TensorDict
+from tensordict.utils import NestedKey
 from torchrl.objectives.utils import hold_out_net
 from torchrl.objectives.value.functional import td_lambda_return_estimate
 
+from coworld_trl.modules.networks import Actor
+from coworld_trl.modules.policy import check_policy_actor, policy_distribution
 from coworld_trl.modules.world_model import WorldModel
+
+
+@dataclass
+class ImaginedKeys:
+    """Where :func:`imagine` writes the trajectory (the keys ``ActorLoss`` and ``ValueLoss`` read).
+
+    Attributes:
+        features, action: ``s_k`` and ``a_k``.
+        policy_params: the library :class:`~coworld_trl.modules.Actor`'s distribution
+            parameters at ``s_k`` (written for that actor only).
+        next_features, reward, discount: ``s_{k+1}``, ``r(s_{k+1})``, ``gamma c(s_{k+1})``.
+    """
+
+    features: NestedKey = "features"
+    action: NestedKey = "action"
+    policy_params: NestedKey = "policy_params"
+    next_features: NestedKey = ("next", "features")
+    reward: NestedKey = ("next", "reward")
+    discount: NestedKey = ("next", "discount")
+
 
 def imagine(
     world_model: WorldModel,
@@ -30,36 +55,53 @@ def imagine(
     *,
     horizon: int = 15,
     gamma: float = 0.995,
+    keys: ImaginedKeys | None = None,
 ) -> TensorDict:
     """Roll the actor out in the world model's prior for ``horizon`` steps.
 
     The world model's parameters are held out (no gradient reaches them) while its
     activations stay differentiable, so the actor learns through the dynamics.
 
+    The actor contract (:func:`~coworld_trl.modules.check_policy_actor`): any TorchRL
+    probabilistic actor, i.e. ``in_keys`` with one entry (the latent features) and
+    ``get_dist(tensordict)`` returning a distribution with ``rsample`` (e.g. a
+    ``ProbabilisticActor`` with a ``TanhNormal``). It reads ``sg(s_k)``. For the library's
+    :class:`~coworld_trl.modules.Actor` the distribution parameters of every step are also
+    written (``policy_params``, with their graph), so ``ActorLoss`` needs no second actor pass.
+
     Args:
         world_model: provides the RSSM prior, reward head and optional discount head.
-        actor: an :class:`~coworld_trl.modules.Actor` (``params`` and ``distribution``).
+        actor: see above.
         stoch, deter: ``[N, ...]`` start states (posterior states, detached).
 
     Keyword Args:
         horizon: ``H`` (15).
         gamma: discount; multiplied by the discount head's continuation probability
             when the model has one.
+        keys: where to write the trajectory (:class:`ImaginedKeys`).
 
     Returns:
-        TensorDict ``[N, H]`` with ``features``, ``action``, ``policy_params`` (the
-        actor's distribution parameters at each state, with their graph, so the actor loss
-        needs no second actor pass) and ``("next", ...)``
-        ``features``, ``reward``, ``discount``.
+        TensorDict ``[N, H]`` with ``features``, ``action``, ``policy_params`` (library
+        actor only) and ``("next", ...)`` ``features``, ``reward``, ``discount``.
+
+    Examples:
+        >>> imagined = imagine(world_model, actor, batch["stoch"], batch["deter"], horizon=15)
+        >>> imagined["next", "reward"].shape   # [B * T, 15]
     """
+    check_policy_actor(actor, "imagine")
+    keys = keys or ImaginedKeys()
     rssm = world_model.rssm
+    fast = isinstance(actor, Actor)
     stoch, deter = stoch.detach().flatten(0, -2), deter.detach().flatten(0, -2)
     features, actions, policy_params = [rssm.features(stoch, deter)], [], []
     with hold_out_net(world_model):
         for _ in range(horizon):
-            params = actor.params(features[-1].detach())
-            action = actor.distribution(params).rsample()
-            policy_params.append(params)
+            if fast:
+                params = actor.params(features[-1].detach())
+                action = actor.distribution(params).rsample()
+                policy_params.append(params)
+            else:
+                action = policy_distribution(actor, features[-1].detach()).rsample()
             deter, _, stoch = rssm.img_step(stoch, deter, action)
             actions.append(action)
             features.append(rssm.features(stoch, deter))
@@ -73,14 +115,15 @@ def imagine(
             discount = gamma * torch.sigmoid(world_model.discount_head(heads_in))
         else:
             discount = torch.full_like(reward, gamma)
-    n = features.shape[0]
-    return TensorDict(
-        features=features[:, :-1],
-        action=torch.stack(actions, 1),
-        policy_params=torch.stack(policy_params, 1),
-        next=TensorDict(features=next_features, reward=reward, discount=discount, batch_size=[n, horizon]),
-        batch_size=[n, horizon],
-    )
+    out = TensorDict(batch_size=[features.shape[0], horizon])
+    out.set(keys.features, features[:, :-1])
+    out.set(keys.action, torch.stack(actions, 1))
+    if fast:
+        out.set(keys.policy_params, torch.stack(policy_params, 1))
+    out.set(keys.next_features, next_features)
+    out.set(keys.reward, reward)
+    out.set(keys.discount, discount)
+    return out
 
 
 def lambda_return(reward: torch.Tensor, next_value: torch.Tensor, discount: torch.Tensor, lmbda: float) -> torch.Tensor:

@@ -1,4 +1,4 @@
-"""The DreamerV2 critic loss with a slow target critic and an extension point for penalties."""
+"""The DreamerV2 critic loss (the first term of Eq. 6) with a slow target critic and a penalty hook."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -6,24 +6,28 @@ from dataclasses import dataclass
 import torch
 from tensordict import TensorDict, TensorDictBase
 from tensordict.nn import TensorDictParams
+from tensordict.utils import NestedKey
 from torch import nn
 from torch.func import functional_call
 from torchrl.objectives import HardUpdate, LossModule
 
+from coworld_trl.modules.keys import require
 from coworld_trl.objectives.imagination import discount_weights, lambda_return
 
 
 class ValueLoss(LossModule):
     """Critic regression to the lambda-return (DreamerV2 Eq. 5; the first term of CoWorld Eq. 6).
 
-    ``L_v = E[ sum_k w_k (0.5 (v(s_k) - sg(R_k))^2 + penalty_k) ]``, where ``R_k`` is the
+    ``L_v = E[ sum_k w_k 0.5 (v(s_k) - sg(R_k))^2 ] (+ penalty)``, where ``R_k`` is the
     lambda-return bootstrapped with a slow copy of the critic and ``w_k`` the cumulative
-    discount. ``penalty`` is the extension point: a module called as
-    ``penalty(imagined, value)`` returning a ``[N, H]`` tensor, or a TensorDict with that
-    tensor under ``"penalty"`` plus scalar diagnostics; the penalty is added per step under
-    the same weights and reported as ``loss_value_penalty``, the diagnostics as they are
-    (CoWorld's min-max constraint, Eq. 6, is one). Use :meth:`make_target_updater` for
-    the slow critic's hard copy.
+    discount. Use :meth:`make_target_updater` for the slow critic's hard copy.
+
+    ``penalty`` is the extension point: a LossModule (or any callable) called on the
+    imagined TensorDict once this loss has written its prediction ``v(s_k)`` (with its
+    graph) under ``value``; every entry it returns joins the output (its ``loss_*`` terms
+    are optimised with the critic). CoWorld's min-max constraint, Eq. 6
+    (:class:`MinMaxValuePenalty`), is one. The names both read (``features``, ``value``,
+    ``weight``) are this loss's: ``set_keys`` forwards them to the penalty.
 
     Call :meth:`targets` first (it writes ``value_target``, ``state_value`` and
     ``weight`` into the imagined TensorDict; the target keeps its graph for the actor's
@@ -34,7 +38,11 @@ class ValueLoss(LossModule):
 
     Keyword Args:
         lmbda: lambda of the return (0.95).
-        penalty: optional per-step penalty module.
+        penalty: optional penalty LossModule.
+
+    Returns:
+        TensorDict with ``loss_value`` and detached ``value``, ``value_target`` (means),
+        plus the penalty's entries.
 
     Examples:
         >>> value_loss = ValueLoss(critic)
@@ -56,26 +64,49 @@ class ValueLoss(LossModule):
             value_target: lambda-return written by :meth:`targets`.
             state_value: slow-critic value of ``features`` written by :meth:`targets`.
             weight: cumulative discount written by :meth:`targets`.
+            value: the critic's prediction, written by :meth:`forward` for the penalty.
         """
 
-        features: str = "features"
-        next_features: tuple = ("next", "features")
-        reward: tuple = ("next", "reward")
-        discount: tuple = ("next", "discount")
-        value_target: str = "value_target"
-        state_value: str = "state_value"
-        weight: str = "weight"
+        features: NestedKey = "features"
+        next_features: NestedKey = ("next", "features")
+        reward: NestedKey = ("next", "reward")
+        discount: NestedKey = ("next", "discount")
+        value_target: NestedKey = "value_target"
+        state_value: NestedKey = "state_value"
+        weight: NestedKey = "weight"
+        value: NestedKey = "value"
 
     default_keys = _AcceptedKeys
+    tensor_keys: _AcceptedKeys
+    _SHARED_WITH_PENALTY = ("features", "value", "weight")
 
     def __init__(self, critic: nn.Module, *, lmbda: float = 0.95, penalty: nn.Module | None = None):
         super().__init__()
         self.convert_to_functional(critic, "value_network", create_target_params=True)
         self.lmbda = lmbda
         self.penalty = penalty
+        self._forward_value_estimator_keys(**{name: None for name in self._SHARED_WITH_PENALTY})
 
     def _forward_value_estimator_keys(self, **kwargs) -> None:
-        pass
+        # The penalty reads entries this loss writes or reads: one name for both.
+        penalty_keys = getattr(self.penalty, "tensor_keys", None)
+        if penalty_keys is None:
+            return
+        shared = {name: getattr(self.tensor_keys, name) for name in self._SHARED_WITH_PENALTY
+                  if name in kwargs and hasattr(penalty_keys, name)}
+        if shared:
+            self.penalty.set_keys(**shared)
+
+    @property
+    def in_keys(self) -> list[NestedKey]:
+        keys = self.tensor_keys
+        own = [keys.features, keys.value_target, keys.weight]
+        penalty = [key for key in getattr(self.penalty, "in_keys", ()) if key != keys.value and key not in own]
+        return own + penalty
+
+    @property
+    def out_keys(self) -> list[str]:
+        return ["loss_value", "value", "value_target", *getattr(self.penalty, "out_keys", ())]
 
     def make_target_updater(self, interval: int = 100) -> HardUpdate:
         """Hard copy of the critic into the slow critic every ``interval`` calls of ``step()``."""
@@ -92,34 +123,35 @@ class ValueLoss(LossModule):
         params = self.target_value_network_params.detach().flatten_keys(".").to_dict()
         return functional_call(self.value_network, params, (features,))
 
+    def _read(self, imagined: TensorDictBase, name: str, fix: str | None = None) -> torch.Tensor:
+        return require(imagined, getattr(self.tensor_keys, name), "ValueLoss",
+                       fix or f"rename it with set_keys({name}=...)", what="imagined TensorDict")
+
     def targets(self, imagined: TensorDictBase) -> TensorDictBase:
         """Write the lambda-return, the slow value of each state and the step weights."""
         keys = self.tensor_keys
-        discount = imagined.get(keys.discount)
-        features, next_features = imagined.get(keys.features), imagined.get(keys.next_features)
+        discount = self._read(imagined, "discount")
+        features, next_features = self._read(imagined, "features"), self._read(imagined, "next_features")
         # s_0..s_{H-1} and s_1..s_H share H-1 states: one slow-critic pass over s_0..s_H.
         values = self.slow_value(torch.cat([features[:, :1], next_features], 1))
         state_value, next_value = values[:, :-1], values[:, 1:]
-        target = lambda_return(imagined.get(keys.reward), next_value, discount, self.lmbda)
+        target = lambda_return(self._read(imagined, "reward"), next_value, discount, self.lmbda)
         imagined.set(keys.value_target, target)
         imagined.set(keys.state_value, state_value)
         imagined.set(keys.weight, discount_weights(discount))
         return imagined
 
     def forward(self, imagined: TensorDictBase) -> TensorDict:
-        keys = self.tensor_keys
-        weight = imagined.get(keys.weight)
-        value = self.value_network(imagined.get(keys.features).detach())
-        target = imagined.get(keys.value_target).detach()
+        written = "ValueLoss.targets(imagined) writes it"
+        weight = self._read(imagined, "weight", written)
+        value = self.value_network(self._read(imagined, "features").detach())
+        target = self._read(imagined, "value_target", written).detach()
         out = TensorDict(
             loss_value=(weight * 0.5 * (value - target).pow(2)).mean(),
             value=value.detach().mean(),
             value_target=target.mean(),
         )
         if self.penalty is not None:
-            penalty = self.penalty(imagined, value)
-            if isinstance(penalty, TensorDictBase):
-                out.update(penalty.exclude("penalty"))
-                penalty = penalty.get("penalty")
-            out["loss_value_penalty"] = (weight * penalty).mean()
+            imagined.set(self.tensor_keys.value, value)
+            out.update(self.penalty(imagined))
         return out

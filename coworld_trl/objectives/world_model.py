@@ -8,8 +8,10 @@ from typing import Literal
 import torch
 from torch.nn import functional as F
 from tensordict import TensorDict, TensorDictBase
+from tensordict.utils import NestedKey
 from torchrl.objectives import LossModule
 
+from coworld_trl.modules.keys import require
 from coworld_trl.modules.networks import normal_nll, pixels_to_float
 from coworld_trl.modules.world_model import WorldModel, previous_step
 
@@ -64,6 +66,10 @@ def balanced_kl(
     return balance * dyn_loss + (1 - balance) * rep_loss, dyn.detach().mean()
 
 
+_MODEL_KEYS = {"pixels": "obs", "action": "action", "is_init": "is_init", "embedding": "embedding",
+               "stoch": "stoch", "deter": "deter", "post_stats": "post_stats", "prior_stats": "prior_stats"}
+
+
 class WorldModelLoss(LossModule):
     """Eq. 2 of CoWorld (the DreamerV2 world-model objective).
 
@@ -74,8 +80,15 @@ class WorldModelLoss(LossModule):
     Reward and discount targets are aligned by :func:`previous_step`; rows where the
     state is reset carry no reward target.
 
+    Keys: the world model's keys (observation, action, ``is_init``, and the embedding and
+    latents it writes) are the loss's ``pixels``, ``action``, ``is_init``, ``embedding``,
+    ``stoch``, ``deter``, ``post_stats``, ``prior_stats``: the loss starts from the
+    model's :attr:`~coworld_trl.modules.WorldModel.tensor_keys` and ``set_keys`` writes
+    them back to the model, so there is one observation key for the encoder and the
+    decoder target. ``reward`` and ``terminated`` are the loss's own.
+
     Args:
-        world_model: the :class:`WorldModel` to train.
+        world_model: the :class:`~coworld_trl.modules.WorldModel` to train.
 
     Keyword Args:
         kl_scale: ``beta_1`` (1.0).
@@ -93,25 +106,38 @@ class WorldModelLoss(LossModule):
     Examples:
         >>> from coworld_trl.modules import make_world_model
         >>> loss = WorldModelLoss(make_world_model(action_dim=6))
-        >>> losses = loss(batch)            # batch: TensorDict [B, T]
+        >>> loss.set_keys(pixels="observation")  # the encoder now reads "observation" too
+        >>> losses = loss(batch)                 # batch: TensorDict [B, T]
         >>> sum(v for k, v in losses.items() if k.startswith("loss_")).backward()
     """
 
     @dataclass
     class _AcceptedKeys:
-        """Keys read from the batch.
+        """Keys read from and written to the batch.
 
         Attributes:
-            pixels: observation.
+            pixels: observation (the world model's ``obs`` key: the encoder input and the
+                decoder target).
+            action: the TED action ``a_t``.
+            is_init: episode-start flag.
             reward: reward that followed row t (TED ``("next", "reward")``).
-            terminated: termination that followed row t.
+            terminated: termination that followed row t (read with a discount head).
+            embedding, stoch, deter, post_stats, prior_stats: written by the world model.
         """
 
-        pixels: str = "pixels"
-        reward: tuple = ("next", "reward")
-        terminated: tuple = ("next", "terminated")
+        pixels: NestedKey = "pixels"
+        action: NestedKey = "action"
+        is_init: NestedKey = "is_init"
+        reward: NestedKey = ("next", "reward")
+        terminated: NestedKey = ("next", "terminated")
+        embedding: NestedKey = "embedding"
+        stoch: NestedKey = "stoch"
+        deter: NestedKey = "deter"
+        post_stats: NestedKey = "post_stats"
+        prior_stats: NestedKey = "prior_stats"
 
     default_keys = _AcceptedKeys
+    tensor_keys: _AcceptedKeys
 
     def __init__(
         self,
@@ -126,31 +152,57 @@ class WorldModelLoss(LossModule):
         discount_scale: float = 1.0,
     ):
         super().__init__()
+        if free_nats_placement not in ("mean", "step"):
+            raise ValueError(f"free_nats_placement={free_nats_placement!r} is unknown; use 'mean' or 'step'.")
         self.world_model = world_model
         self.kl_scale, self.kl_balance = kl_scale, kl_balance
         self.free_nats, self.free_nats_placement = free_nats, free_nats_placement
         self.image_scale, self.reward_scale, self.discount_scale = image_scale, reward_scale, discount_scale
+        model_keys = world_model.tensor_keys
+        for name, model_name in _MODEL_KEYS.items():  # the model's keys are the loss's
+            setattr(self.tensor_keys, name, getattr(model_keys, model_name))
 
     def _forward_value_estimator_keys(self, **kwargs) -> None:
-        pass
+        # set_keys calls this: the world model reads and writes under the loss's names.
+        self.world_model.set_keys(**{model_name: getattr(self.tensor_keys, name)
+                                     for name, model_name in _MODEL_KEYS.items() if name in kwargs})
+
+    @property
+    def in_keys(self) -> list[NestedKey]:
+        keys = self.tensor_keys
+        extra = [keys.terminated] if self.world_model.discount_head is not None else []
+        return [keys.pixels, keys.action, keys.is_init, keys.reward, *extra]
+
+    @property
+    def out_keys(self) -> list[str]:
+        extra = ["loss_discount"] if self.world_model.discount_head is not None else []
+        return ["loss_image", "loss_reward", "loss_kl", *extra, "kl", "post_entropy", "prior_entropy"]
+
+    def _fix(self, name: str) -> str:
+        return f"rename it with set_keys({name}=...)"
 
     def forward(self, tensordict: TensorDictBase) -> TensorDict:
+        keys, owner = self.tensor_keys, type(self).__name__
         model = self.world_model
+        # Missing inputs are named here, by the loss, before the model runs.
+        for name in ("pixels", "action", "is_init", "reward"):
+            require(tensordict, getattr(keys, name), owner, self._fix(name))
         model(tensordict)
         features = model.features(tensordict)
         is_first = model.is_first(tensordict)
 
-        obs = tensordict.get(self.tensor_keys.pixels)
+        obs = tensordict.get(keys.pixels)
         target = pixels_to_float(obs) if obs.dtype == torch.uint8 else obs
         loss_image = _mean_normal_nll(model.decoder(features), target, event_dims=target.ndim - 2)
 
         has_target = (~is_first).float()
-        reward = previous_step(tensordict.get(self.tensor_keys.reward).reshape(is_first.shape), is_first)
+        reward = previous_step(tensordict.get(keys.reward).reshape(is_first.shape), is_first)
         reward_nll = normal_nll(model.reward_head(features), reward)
         loss_reward = (reward_nll * has_target).sum() / has_target.sum().clamp_min(1)
 
+        post_stats, prior_stats = tensordict.get(keys.post_stats), tensordict.get(keys.prior_stats)
         loss_kl, kl = balanced_kl(
-            model.rssm.kl, tensordict.get("post_stats"), tensordict.get("prior_stats"),
+            model.rssm.kl, post_stats, prior_stats,
             balance=self.kl_balance, free_nats=self.free_nats, free_nats_placement=self.free_nats_placement,
         )
         out = TensorDict(
@@ -158,11 +210,12 @@ class WorldModelLoss(LossModule):
             loss_reward=self.reward_scale * loss_reward,
             loss_kl=self.kl_scale * loss_kl,
             kl=kl,
-            post_entropy=model.rssm.entropy(tensordict.get("post_stats")).mean().detach(),
-            prior_entropy=model.rssm.entropy(tensordict.get("prior_stats")).mean().detach(),
+            post_entropy=model.rssm.entropy(post_stats).mean().detach(),
+            prior_entropy=model.rssm.entropy(prior_stats).mean().detach(),
         )
         if model.discount_head is not None:
-            terminated = tensordict.get(self.tensor_keys.terminated).reshape(is_first.shape).float()
+            terminated = require(tensordict, keys.terminated, owner, self._fix("terminated"))
+            terminated = terminated.reshape(is_first.shape).float()
             continues = 1.0 - previous_step(terminated, is_first)
             out["loss_discount"] = self.discount_scale * torch.nn.functional.binary_cross_entropy_with_logits(
                 model.discount_head(features), continues
