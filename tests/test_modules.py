@@ -387,3 +387,45 @@ def test_gru_cell_update_bias_and_norm():
     assert (out.abs() <= 1).all()
     assert cell.linear.bias is not None and isinstance(cell.norm, torch.nn.Identity)
     assert math.isclose(GRUCell(3, 5).update_bias, -1.0)
+
+
+def test_world_model_keys_live_in_one_place(tiny_world_model, make_batch):
+    """set_keys renames what the model reads and writes; in/out keys follow; bad names and
+    mis-shaped is_init are refused with one-line errors."""
+    wm = tiny_world_model(action_dim=2)
+    wm.set_keys(obs="obs", action="act", is_init="first", embedding="e", stoch="s", deter="d", post_stats="q",
+                prior_stats="p")
+    assert wm.in_keys == ["obs", "act", "first"] and wm.out_keys == ["e", "s", "d", "q", "p"]
+    assert (wm.obs_key, wm.action_key, wm.is_init_key) == ("obs", "act", "first")
+    batch = make_batch(2, 5)
+    td = batch.select("pixels", "action", "is_init").rename_key_("pixels", "obs").rename_key_("action", "act")
+    td.rename_key_("is_init", "first")
+    wm(td)
+    assert set(td.keys()) == {"obs", "act", "first", "e", "s", "d", "q", "p"}
+    assert wm.features(td).shape == (2, 5, wm.feature_dim)
+    with pytest.raises(ValueError, match="'pixel' is not one of its keys"):
+        wm.set_keys(pixel="x")
+    with pytest.raises(KeyError) as err:
+        wm(batch)
+    assert "WorldModel: the batch has no key 'obs'" in str(err.value) and "\n" not in str(err.value)
+    wm.set_keys(obs=None, action=None, is_init=None)
+    assert wm.in_keys == ["pixels", "action", "is_init"]
+    bad = make_batch(2, 5)
+    bad["is_init"] = torch.zeros(2, 5, 2, dtype=torch.bool)
+    with pytest.raises(ValueError, match="'is_init' has shape \\(2, 5, 2\\) but the batch is \\(2, 5\\)"):
+        wm(bad)
+
+
+def test_world_model_checks_observation_and_action_shapes(tiny_world_model):
+    wm = tiny_world_model(action_dim=2)
+    assert wm.obs_shape == (3, 64, 64)
+    wm.check_obs(torch.zeros(7, 3, 64, 64, dtype=torch.uint8))  # any leading dims
+    with pytest.raises(ValueError, match=r"has shape \(7, 64, 64, 3\) .* channels-last \(HWC\)"):
+        wm.embed(torch.zeros(7, 64, 64, 3, dtype=torch.uint8))
+    with pytest.raises(ValueError, match=r"has shape \(7, 1, 64, 64\) but the model takes \[\.\.\., 3, 64, 64\]"):
+        wm.embed(torch.zeros(7, 1, 64, 64, dtype=torch.uint8))
+    with pytest.raises(ValueError, match=r"'action' has shape \(4, 5\) \(5-d actions\) but the model takes 2-d"):
+        wm.check_action(torch.zeros(4, 5))
+    vec = tiny_world_model(action_dim=1, obs_shape=(4,), obs_key="observation")
+    with pytest.raises(ValueError, match=r"'observation' has shape \(3, 6\).*obs_shape=\(6,\)"):
+        vec.embed(torch.zeros(3, 6))

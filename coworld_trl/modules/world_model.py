@@ -170,14 +170,13 @@ class WorldModel(TensorDictModuleBase):
         expected = self.obs_shape
         if expected is None or tuple(obs.shape[obs.ndim - len(expected):]) == expected:
             return
-        key, lead = self.tensor_keys.obs, tuple(obs.shape[:obs.ndim - len(expected)])
-        message = (f"{owner}: {key!r} has shape {tuple(obs.shape)} but the model takes "
-                   f"[..., {', '.join(map(str, expected))}] (leading dims {lead})")
+        key = self.tensor_keys.obs
+        message = f"{owner}: {key!r} has shape {tuple(obs.shape)} but the model takes [..., {', '.join(map(str, expected))}]"
         if len(expected) == 3 and tuple(obs.shape[-3:]) == (*expected[1:], expected[0]):
             message += "; the images are channels-last (HWC): permute them to CHW (TorchRL's ToTensorImage does)"
         elif len(expected) == 3:
             message += (f"; render or resize the images to {expected[1]}x{expected[2]} with {expected[0]} channels "
-                        f"(TorchRL's Resize), or build the model with obs_shape={tuple(obs.shape[-3:])}")
+                        f"(TorchRL's Resize)")
         else:
             message += f"; build the model with obs_shape={tuple(obs.shape[-1:])}"
         raise ValueError(message)

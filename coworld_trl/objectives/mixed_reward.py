@@ -94,7 +94,7 @@ class MixedRewardLoss(WorldModelLoss):
 
     Examples:
         >>> loss = MixedRewardLoss(source_world_model, k=0.9, eta=EtaSchedule.over_updates(120_000))
-        >>> losses = loss(TensorDict(source=source_batch, target=target_batch))
+        >>> losses = loss(TensorDict({"source": source_batch, "target": target_batch}))
         >>> sum(v for k, v in losses.items() if k.startswith("loss_")).backward(); loss.advance()
     """
 
@@ -168,7 +168,7 @@ class MixedRewardLoss(WorldModelLoss):
 
     def forward(self, tensordict: TensorDictBase) -> TensorDict:
         keys, owner = self.tensor_keys, type(self).__name__
-        fix = ("call it on TensorDict(source=source_batch, target=target_batch) (names: set_keys(source=..., "
+        fix = ("call it on TensorDict({'source': source_batch, 'target': target_batch}) (names: set_keys(source=..., "
                "target=...)); source_only(batch) is Eq. 2 on a source batch alone")
         source = require(tensordict, keys.source, owner, fix, what="input")
         target = require(tensordict, keys.target, owner, fix, what="input")
