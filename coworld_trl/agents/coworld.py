@@ -7,7 +7,7 @@ Algorithm 1 around it with envs, buffers and loggers.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Optional, Sequence
 
 import torch
@@ -67,6 +67,7 @@ class CoWorldAgent(nn.Module):
     * Eq. 3: :class:`StateAlignmentLoss` (``alignment_loss``, no tensors of its own),
       an extra loss of the target's world-model update; the active source's encoder
       writes ``source_embedding`` into the target batch (without gradient) just before.
+      It reads the observation and embedding under the target world model's keys.
     * Eq. 4-5: each source's world-model loss is a :class:`MixedRewardLoss` (its
       ``eta_step`` buffer is part of the source's ``state_dict``).
     * Eq. 6: the target's value loss carries a :class:`MinMaxValuePenalty`; at every
