@@ -9,19 +9,12 @@
 The dataset goes to collect.output (default datasets/<env>/<kind>); re-running the same
 command resumes an interrupted collection, and a finished one says so and exits.
 """
-import hydra
-from omegaconf import DictConfig, OmegaConf
+from pathlib import Path
 
 from coworld_trl.training.collect import collect_dataset
-from coworld_trl.training.config import CollectDatasetConfig, from_dict, register_hydra_configs
+from coworld_trl.training.recipe import hydra_recipe
 
-register_hydra_configs(CollectDatasetConfig)
-
-
-@hydra.main(config_path="config", config_name="collect_dataset", version_base=None)
-def main(cfg: DictConfig) -> None:
-    collect_dataset(from_dict(CollectDatasetConfig, OmegaConf.to_container(cfg, resolve=True)))
-
+main = hydra_recipe("collect_dataset", Path(__file__).parent / "config", collect_dataset, schema="collect_schema")
 
 if __name__ == "__main__":
     main()

@@ -10,9 +10,10 @@ Re-running the same command with the same output_dir resumes the run.
 """
 from pathlib import Path
 
-from coworld_trl.training.coworld_experiment import coworld_recipe
+from coworld_trl.training import run_coworld
+from coworld_trl.training.recipe import hydra_recipe
 
-main = coworld_recipe("coworld_dmc", Path(__file__).parent / "config")
+main = hydra_recipe("coworld_dmc", Path(__file__).parent / "config", run_coworld, schema="coworld_schema")
 
 if __name__ == "__main__":
     main()

@@ -8,9 +8,10 @@ Table 7's Meta-World couplings: beta2 = 1, k = 0.3, alpha = 2, K1 = 2e4, K2 = 5e
 """
 from pathlib import Path
 
-from coworld_trl.training.coworld_experiment import coworld_recipe
+from coworld_trl.training import run_coworld
+from coworld_trl.training.recipe import hydra_recipe
 
-main = coworld_recipe("coworld_metaworld", Path(__file__).parent / "config")
+main = hydra_recipe("coworld_metaworld", Path(__file__).parent / "config", run_coworld, schema="coworld_schema")
 
 if __name__ == "__main__":
     main()

@@ -6,19 +6,12 @@
 
 Re-running the same command with the same output_dir resumes the run.
 """
-import hydra
-from omegaconf import DictConfig, OmegaConf
+from pathlib import Path
 
-from coworld_trl.training.config import DreamerConfig, from_dict, register_hydra_configs
-from coworld_trl.training.experiment import run_online_dreamer
+from coworld_trl.training import run_online_dreamer
+from coworld_trl.training.recipe import hydra_recipe
 
-register_hydra_configs()
-
-
-@hydra.main(config_path="config", config_name="dreamer_dmc", version_base=None)
-def main(cfg: DictConfig) -> None:
-    run_online_dreamer(from_dict(DreamerConfig, OmegaConf.to_container(cfg, resolve=True)))
-
+main = hydra_recipe("dreamer_dmc", Path(__file__).parent / "config", run_online_dreamer, schema="dreamer_schema")
 
 if __name__ == "__main__":
     main()

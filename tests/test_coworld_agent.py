@@ -120,7 +120,7 @@ TINY = [
     "data.batch_size=2", "data.seq_len=8", "data.buffer_capacity=5000", "train.threads=1", "train.device=cpu",
     "target.fast_render=true", "target.action_repeat=8", "eval.episodes=1",
     "schedule.source_pretrain_frames=2400", "train.prefill_frames=2000", "schedule.offline_updates=4",
-    "schedule.online_updates=4", "schedule.eval_every_target_updates=4", "schedule.checkpoint_every_updates=2",
+    "schedule.online_updates=4", "eval.every_updates=4", "logger.checkpoint_every_updates=2",
     "make_dataset_episodes=2",
 ]
 
@@ -144,7 +144,8 @@ def test_coworld_recipe_runs_end_to_end_then_says_finished(tmp_path):
     # pretraining: 60 collections of 5 steps x 8 frames; updates start once 2000 frames are
     # stored (collections 50..60: 11 updates); then 4 source updates per online phase
     assert [r["source_updates"] for r in results] == [11, 15]
-    assert [r["source_frames"] for r in results] == [2400, 2400 + 4 * 5 * 8]
+    assert [r["frames"] for r in results] == [2400, 2400 + 4 * 5 * 8]  # the source's env frames
+    assert [r["updates"] for r in results] == [4 + 11, 8 + 15]
     config = yaml.safe_load((out / "config.yaml").read_text())
     assert config["coupling"]["beta"] == 1.5 and config["sources"] == ["dmc/walker_walk"]
     assert (out / "checkpoint.pt").exists() and list((out / "logs" / "videos").glob("*.mp4"))
@@ -159,11 +160,11 @@ def test_coworld_recipe_with_the_official_warmup(tmp_path):
     out = tmp_path / "run"
     proc = run_recipe([*TINY, f"output_dir={out}", f"dataset={tmp_path / 'ds'}", "schedule.warmup_rounds=1",
                        "schedule.warmup_world_model_updates=3", "schedule.warmup_online_updates=2",
-                       "schedule.eval_every_target_updates=3"], tmp_path)
+                       "eval.every_updates=3"], tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
     assert [(r["target_updates"], r["phase"], r["round"], r["source_updates"]) for r in results] == [
-        (3, "warmup", 0, 11), (6, "offline", 0, 13), (9, "offline", 1, 17), (11, "offline", 2, 21)]
+        (3, "warmup", 0, 11), (6, "offline", 0, 13), (9, "offline", 1, 17), (11, "done", 2, 21)]
 
 
 def test_coworld_recipe_resumes_after_being_killed(tmp_path):
@@ -171,7 +172,7 @@ def test_coworld_recipe_resumes_after_being_killed(tmp_path):
     the schedule: the final update counts are those of an uninterrupted run."""
     out, ds = tmp_path / "run", tmp_path / "ds"
     overrides = [*TINY, f"output_dir={out}", f"dataset={ds}", "schedule.offline_updates=30",
-                 "schedule.eval_every_target_updates=30", "schedule.checkpoint_every_updates=5"]
+                 "eval.every_updates=30", "logger.checkpoint_every_updates=5"]
     env = {**os.environ, "MUJOCO_GL": os.environ.get("MUJOCO_GL", "egl")}
     proc = subprocess.Popen([sys.executable, str(RECIPE), *overrides], cwd=tmp_path, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)

@@ -70,3 +70,26 @@ def test_recipe_multirun_sweeps_seeds_into_separate_run_folders(tmp_path):
         assert yaml.safe_load((run / "config.yaml").read_text())["train"]["seed"] == seed
         results = [json.loads(line) for line in (run / "results.jsonl").read_text().splitlines()]
         assert len(results) == 1 and results[0]["frames"] == 200
+
+
+def test_recipes_compose_the_yaml_presets_and_refuse_fields_they_do_not_read(tmp_path):
+    """``--cfg job`` prints the composed config: the Meta-World recipe's Table 7 couplings, replaced by
+    the official code's under ``preset=reference``; a CoWorld recipe refuses an online-only field."""
+    coworld = RECIPE.with_name("coworld_metaworld.py")
+    env = {**os.environ, "MUJOCO_GL": os.environ.get("MUJOCO_GL", "egl")}
+
+    def composed(*overrides):
+        proc = subprocess.run([sys.executable, str(coworld), *overrides, "--cfg", "job"], cwd=tmp_path, env=env,
+                              capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        return yaml.safe_load(proc.stdout)
+
+    paper, reference = composed("preset=paper"), composed("preset=reference")
+    assert [paper["coupling"][k] for k in ("beta", "k", "alpha")] == [1.0, 0.3, 2.0]
+    assert paper["schedule"]["online_updates"] == 50_000 and paper["model"]["deter"] == 600
+    assert [reference["coupling"][k] for k in ("beta", "k", "alpha")] == [1.0, 0.3, 1.5]
+    assert reference["model"]["latent"] == "gaussian" and reference["schedule"]["warmup_rounds"] == 2
+    refused = subprocess.run([sys.executable, str(coworld), "train.total_frames=5", f"output_dir={tmp_path / 'run'}"],
+                             cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert refused.returncode != 0 and "train.total_frames" in refused.stderr
+    assert not (tmp_path / "run").exists()

@@ -1,5 +1,6 @@
-"""Tests for coworld_trl.training: checkpoints, RNG state, run directories, config validation and
-the online loop end to end (finish, re-run, kill and resume) on dmc/walker_walk.
+"""Tests for coworld_trl.training: checkpoints, RNG state, run directories, config schemas and
+presets, the experiment's clocks and metric aggregation, and the online DreamerV2 experiment end
+to end (finish, re-run, kill and resume) on dmc/walker_walk.
 
 The loop tests use a tiny model and a 240-frame run; each evaluation episode is 500 rendered
 agent steps (~12 s), so they evaluate only once, at the end.
@@ -19,20 +20,22 @@ import pytest
 import torch
 import yaml
 
-from coworld_trl.agents import make_dreamer_agent
+from tensordict import TensorDict
+
+from coworld_trl.agents import AgentConfig, ModelConfig, make_dreamer_agent
+from coworld_trl.training import run_online_dreamer
 from coworld_trl.training.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from coworld_trl.training.config import (
-    AgentConfig,
-    action_repeat,
+    CoWorldConfig,
     DreamerConfig,
-    ModelConfig,
+    action_repeat,
+    coworld_config,
     dreamer_config,
     from_dict,
     to_dict,
     validate,
 )
-from coworld_trl.training.experiment import run_online_dreamer
-from coworld_trl.training.loop import OnlineTrainer
+from coworld_trl.training.experiment import Every, Experiment, MetricAggregator
 from coworld_trl.training.replay import OnlineReplay
 from coworld_trl.training.report import main as report_main
 from coworld_trl.training.run_dir import RunDirectory
@@ -128,10 +131,10 @@ def test_a_checkpoint_of_another_format_is_not_resumed(tmp_path):
     old = tmp_path / "checkpoint.pt"
     torch.save({"agent": {}, "replay": "replay.140"}, old)
     assert load_checkpoint(old)["replay"] == "replay.140"
-    with pytest.raises(RuntimeError, match="checkpoint.pt has format 1 .* resumes format 2; use a new output_dir"):
+    with pytest.raises(RuntimeError, match="checkpoint.pt has format 1 .* resumes format 3; use a new output_dir"):
         load_checkpoint(old, resume=True)
     save_checkpoint(old, {"agent": {}})
-    assert load_checkpoint(old, resume=True)["format"] == 2
+    assert load_checkpoint(old, resume=True)["format"] == 3
 
 
 def test_rng_state_round_trip_reproduces_draws(tmp_path):
@@ -214,6 +217,50 @@ def test_config_unknown_preset_or_key_is_refused():
     assert from_dict(DreamerConfig, to_dict(dreamer_config("quick"))) == dreamer_config("quick")
 
 
+def test_presets_are_the_yaml_files_and_each_schema_holds_only_what_its_recipe_reads():
+    """Python configs read the same YAML presets Hydra composes; the reference preset carries the
+    official code's three coupling values; CoWorld's schema has no online-only field."""
+    quick = dreamer_config("quick")
+    assert (quick.model.deter, quick.train.total_frames, quick.eval.every_updates) == (200, 30_000, 500)
+    reference = coworld_config("reference", benchmark="metaworld")
+    assert (reference.coupling.beta, reference.coupling.k, reference.coupling.alpha) == (1.0, 0.3, 1.5)
+    assert reference.schedule.warmup_rounds == 2 and reference.model.latent == "gaussian"
+    paper_mw = coworld_config("paper", benchmark="metaworld")
+    assert (paper_mw.coupling.beta, paper_mw.coupling.k, paper_mw.coupling.alpha) == (1.0, 0.3, 2.0)
+    assert paper_mw.schedule.online_updates == 50_000
+    quick_mw = coworld_config("quick", benchmark="metaworld")
+    assert quick_mw.schedule.online_updates == 100 and quick_mw.coupling.alpha == 2.0  # quick shortens, keeps Table 7
+    assert coworld_config("paper").schedule.relabelled_updates() == 6 * 20_000
+    for field in ("total_frames", "updates_per_train"):
+        assert not hasattr(CoWorldConfig().train, field)
+    for section, field in (("schedule", "eval_every_target_updates"), ("schedule", "checkpoint_every_updates")):
+        assert not hasattr(getattr(CoWorldConfig(), section), field)
+    with pytest.raises(ValueError, match="'total_frames'"):
+        coworld_config("quick", train=dict(total_frames=10))
+    with pytest.raises(ValueError, match="unknown benchmark 'atari'; use one of dmc, metaworld"):
+        coworld_config("quick", benchmark="atari")
+
+
+def test_every_fires_once_per_interval_and_remembers_when():
+    clock = Every(3)
+    assert [clock(n) for n in range(1, 8)] == [False, False, True, False, False, True, False]
+    assert clock.last == 6
+    resumed = Every(3, last=6)
+    assert not resumed(8) and resumed(9)
+
+
+def test_metric_aggregator_averages_each_prefix_over_the_interval_and_counts_skips():
+    metrics = MetricAggregator()
+    for value, skipped in ((1.0, 0.0), (3.0, 1.0)):
+        metrics.add("target", TensorDict(loss_image=torch.tensor(value), skipped_world_model=torch.tensor(skipped)))
+    metrics.add("", TensorDict(loss_actor=torch.tensor([2.0, 4.0])))
+    scalars, skipped = metrics.flush()
+    assert scalars == {"train/target_loss_image": 2.0, "train/target_skipped_world_model": 0.5,
+                       "train/loss_actor": 3.0}
+    assert skipped == 1
+    assert metrics.flush() == ({}, 0)
+
+
 # ===================================================================== online loop
 def loop_config(output_dir, **train):
     return dreamer_config(
@@ -228,7 +275,7 @@ def loop_config(output_dir, **train):
 
 
 def expected_updates(config: DreamerConfig) -> int:
-    """loop.py: one collector batch = train_every agent steps = train_every * action_repeat frames; after
+    """OnlineDreamer: one collector batch = train_every agent steps = train_every * action_repeat frames; after
     each batch, if frames >= prefill_frames, updates_per_train updates run."""
     t = config.train
     frames_per_batch = t.train_every * action_repeat(config.env)
@@ -247,7 +294,6 @@ def test_online_loop_end_to_end_then_rerun_is_a_no_op(tmp_path, caplog):
     assert counters.finished
     assert counters.frames == config.train.total_frames == 240
     assert counters.updates == expected_updates(config) == 30
-    assert counters.last_eval_update == counters.last_checkpoint_update == counters.updates
     results = [json.loads(line) for line in (tmp_path / "results.jsonl").read_text().splitlines()]
     assert len(results) == 1  # eval.every_updates is huge: only the final evaluation
     record = results[0]
@@ -255,9 +301,14 @@ def test_online_loop_end_to_end_then_rerun_is_a_no_op(tmp_path, caplog):
     assert math.isfinite(record["eval/return_mean"]) and record["eval/returns"] == [record["eval/return_mean"]]
     assert yaml.safe_load((tmp_path / "config.yaml").read_text()) == to_dict(config)
     saved = load_checkpoint(tmp_path / "checkpoint.pt")
-    assert saved["counters"] == asdict(counters)
+    assert saved["progress"] == asdict(counters)
+    assert saved["clocks"] == {"log": 0, "eval": 30, "checkpoint": 30}  # log_every_updates=100 never came
     videos = list((tmp_path / "logs").rglob("*.mp4"))
     assert len(videos) == 1 and videos[0].stat().st_size > 1000
+    import imageio.v2 as imageio
+
+    with imageio.get_reader(videos[0]) as video:  # every agent step of the 500-step episode, none skipped
+        assert video.count_frames() >= 500
     with open(tmp_path / "logs" / "scalars" / "eval" / "return_mean.csv") as f:
         rows = list(csv.reader(f))
     assert [int(float(rows[-1][0])), float(rows[-1][1])] == [240, pytest.approx(record["eval/return_mean"])]
@@ -283,12 +334,13 @@ def test_online_loop_resumes_after_a_kill(tmp_path, monkeypatch, caplog):
     config = loop_config(tmp_path)
     saves, restores = [], []
     kill = {"after_extends": None}
-    original_save, original_restore, original_extend = OnlineTrainer.save, OnlineTrainer.restore, OnlineReplay.extend
+    original_save, original_restore, original_extend = Experiment.save, Experiment.restore, OnlineReplay.extend
 
     def save(self):
         original_save(self)
-        saves.append(dict(counters=asdict(self.counters), length=len(self.replay),
-                          cursor=self.replay.buffer.writer.state_dict()["_cursor"]))
+        replay = self.schedule.replay
+        saves.append(dict(counters=asdict(self.progress), length=len(replay),
+                          cursor=replay.buffer.writer.state_dict()["_cursor"]))
         if len(saves) == 1:
             kill["after_extends"] = 2
 
@@ -303,13 +355,14 @@ def test_online_loop_resumes_after_a_kill(tmp_path, monkeypatch, caplog):
     def restore(self):
         resumed = original_restore(self)
         if resumed:
-            restores.append(dict(counters=asdict(self.counters), length=len(self.replay),
-                                 cursor=self.replay.buffer.writer.state_dict()["_cursor"],
-                                 episodes_in_files=self.replay.buffer.storage._storage["episode"].clone()))
+            replay = self.schedule.replay
+            restores.append(dict(counters=asdict(self.progress), length=len(replay),
+                                 cursor=replay.buffer.writer.state_dict()["_cursor"],
+                                 episodes_in_files=replay.buffer.storage._storage["episode"].clone()))
         return resumed
 
-    monkeypatch.setattr(OnlineTrainer, "save", save)
-    monkeypatch.setattr(OnlineTrainer, "restore", restore)
+    monkeypatch.setattr(Experiment, "save", save)
+    monkeypatch.setattr(Experiment, "restore", restore)
     monkeypatch.setattr(OnlineReplay, "extend", extend)
 
     with pytest.raises(Killed):
@@ -318,7 +371,7 @@ def test_online_loop_resumes_after_a_kill(tmp_path, monkeypatch, caplog):
     assert checkpointed["counters"]["updates"] == 5 and checkpointed["counters"]["frames"] == 140
     assert checkpointed["length"] == 70
     assert not (tmp_path / "results.jsonl").exists()
-    assert load_checkpoint(tmp_path / "checkpoint.pt")["counters"] == checkpointed["counters"]
+    assert load_checkpoint(tmp_path / "checkpoint.pt")["progress"] == checkpointed["counters"]
 
     counters = run_online_dreamer(copy.deepcopy(config))
 
@@ -330,7 +383,7 @@ def test_online_loop_resumes_after_a_kill(tmp_path, monkeypatch, caplog):
     lost = resumed["episodes_in_files"][70:80]  # the two batches written after the checkpoint
     assert len(lost) == 10 and (lost == resumed["episodes_in_files"][69]).all()  # the interrupted episode
     stored = OnlineReplay(tmp_path / "replay", capacity=1_000, seq_len=8)
-    stored.load_state_dict(load_checkpoint(tmp_path / "checkpoint.pt")["replay"])
+    stored.load_state_dict(load_checkpoint(tmp_path / "checkpoint.pt")["schedule"]["replay"])
     episodes = stored.buffer.storage[:]["episode"]
     assert episodes[70] > resumed["episodes_in_files"].max(), "the episode after the resume reuses an id from the files"
     assert counters.finished and counters.frames == config.train.total_frames
@@ -340,6 +393,42 @@ def test_online_loop_resumes_after_a_kill(tmp_path, monkeypatch, caplog):
     assert final["length"] == config.train.total_frames // action_repeat(config.env)  # appended, nothing overwritten
     results = [json.loads(line) for line in (tmp_path / "results.jsonl").read_text().splitlines()]
     assert [(r["frames"], r["updates"]) for r in results] == [(240, 15)]
+
+
+def test_a_non_finite_loss_stops_the_run_naming_term_and_update_or_is_skipped_and_counted(tmp_path, monkeypatch):
+    """A NaN reward reaching the world-model loss stops the run with a one-line error naming the term and
+    the update, and leaves the last checkpoint as it was; with ``train.nan_policy=skip`` the run finishes
+    and counts the skipped updates in its progress and logs."""
+    original_sample = OnlineReplay.sample
+    poisoned = {"from": 8}  # updates 1..7 are clean (a checkpoint every 5 updates), then every batch is NaN
+
+    def sample(self, batch_size):
+        batch = original_sample(self, batch_size)
+        poisoned["from"] -= 1
+        if poisoned["from"] <= 0:
+            batch["next", "reward"] = torch.full_like(batch["next", "reward"], float("nan"))
+        return batch
+
+    monkeypatch.setattr(OnlineReplay, "sample", sample)
+    fast = dict(env=dict(name="dmc/cartpole_swingup", action_repeat=8, fast_render=True),
+                eval=dict(every_updates=10**6, episodes=1, video=False))
+    config = dreamer_config("quick", model=LOOP_MODEL, data=dict(batch_size=2, seq_len=8, buffer_capacity=1_000),
+                            train=dict(total_frames=960, prefill_frames=400, train_every=5, device="cpu"),
+                            logger=dict(checkpoint_every_updates=5), output_dir=str(tmp_path / "raise"), **fast)
+    with pytest.raises(RuntimeError) as info:
+        run_online_dreamer(config)
+    message = str(info.value)
+    assert "\n" not in message and "loss_reward" in message and "at update 8;" in message
+    assert "checkpoint.pt is intact" in message and "train.nan_policy=skip" in message
+    assert load_checkpoint(tmp_path / "raise" / "checkpoint.pt")["progress"]["updates"] == 5
+
+    poisoned["from"] = 8
+    config.train.nan_policy, config.output_dir = "skip", str(tmp_path / "skip")
+    progress = run_online_dreamer(config)
+    assert progress.finished and progress.updates == expected_updates(config) == 15
+    assert progress.skipped_updates == 15 - 7
+    with open(tmp_path / "skip" / "logs" / "scalars" / "train" / "skipped_updates.csv") as f:
+        assert float(list(csv.reader(f))[-1][1]) == 8
 
 
 # =========================================================================== GPU

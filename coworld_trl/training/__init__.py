@@ -1,16 +1,31 @@
-"""Run loop, evaluation, checkpoints, logging and config schemas."""
+"""The experiment layer: one :class:`Experiment` for every agent, its schedules, the factory
+that builds envs, data and replays, evaluation, checkpoints, logging and config schemas."""
 from coworld_trl.training.config import (
-    PRESETS,
-    AgentConfig,
+    CoWorldConfig,
     DataConfig,
     DreamerConfig,
     EnvConfig,
     EvalConfig,
     LoggerConfig,
-    ModelConfig,
+    OnlineTrainConfig,
     TrainConfig,
+    coworld_config,
     dreamer_config,
 )
+from coworld_trl.training.experiment import Callback, Experiment, StopAtReturn
+from coworld_trl.training.schedules import CoWorld, OnlineDreamer, ScheduleConfig
 
-__all__ = ["PRESETS", "AgentConfig", "DataConfig", "DreamerConfig", "EnvConfig", "EvalConfig", "LoggerConfig",
-           "ModelConfig", "TrainConfig", "dreamer_config"]
+
+def run_online_dreamer(config: DreamerConfig, *, callbacks=()):
+    """Train DreamerV2 online as ``config`` says; returns the final progress counters."""
+    return Experiment(config, OnlineDreamer(), callbacks=callbacks).run()
+
+
+def run_coworld(config: CoWorldConfig, *, callbacks=()):
+    """Train CoWorld (Algorithm 1) as ``config`` says; returns the final progress counters."""
+    return Experiment(config, CoWorld(), callbacks=callbacks).run()
+
+
+__all__ = ["Callback", "CoWorld", "CoWorldConfig", "DataConfig", "DreamerConfig", "EnvConfig", "EvalConfig",
+           "Experiment", "LoggerConfig", "OnlineDreamer", "OnlineTrainConfig", "ScheduleConfig", "StopAtReturn",
+           "TrainConfig", "coworld_config", "dreamer_config", "run_coworld", "run_online_dreamer"]

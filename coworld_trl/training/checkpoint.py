@@ -33,9 +33,10 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-# 2: the replay's rows live in the run directory and the checkpoint holds its length and
-# cursor (format 1 referenced a copy of the replay made at each checkpoint).
-CHECKPOINT_FORMAT = 2
+# 3: one layout for every agent (progress, clocks, schedule state) and agent state dicts
+# without duplicate entries; 2: the replay's rows live in the run directory and the checkpoint
+# holds its length and cursor (format 1 referenced a copy of the replay made at each checkpoint).
+CHECKPOINT_FORMAT = 3
 
 
 def save_checkpoint(path: str | Path, state: dict) -> None:

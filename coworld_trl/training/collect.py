@@ -21,10 +21,21 @@ import torch
 from tqdm import tqdm
 
 from coworld_trl.data import EpisodeRecorder, OfflineDataset, import_npz
-from coworld_trl.training.config import CollectDatasetConfig, DreamerConfig, from_dict
+from coworld_trl.training.config import CollectDatasetConfig
+from coworld_trl.training.experiment import Callback
 
 log = logging.getLogger(__name__)
 KINDS = ("medium-replay", "random", "expert", "scripted")
+
+
+class RecordEpisodes(Callback):
+    """Every collected batch of a run into DreamerV2 npz episodes in ``directory``."""
+
+    def __init__(self, directory: Path):
+        self.recorder = EpisodeRecorder(directory)
+
+    def on_collect(self, experiment, batch) -> None:
+        self.recorder(batch)
 
 
 def collect_episodes(env, policy, directory: Path, *, episodes: int) -> int:
@@ -43,6 +54,7 @@ def load_dreamer_run(run_dir: str | Path, *, device: str = "cpu"):
 
     from coworld_trl.agents import make_dreamer_agent
     from coworld_trl.envs import env_info
+    from coworld_trl.training.config import DreamerConfig, from_dict
     from coworld_trl.training.checkpoint import load_checkpoint
 
     run_dir = Path(run_dir)
@@ -75,13 +87,13 @@ def collect_dataset(config: CollectDatasetConfig) -> OfflineDataset:
     episodes_dir = output.with_name(output.name + ".episodes")
     name, seed = config.env.name, config.train.seed
     if c.kind == "medium-replay":
-        from coworld_trl.training.experiment import run_online_dreamer
+        from coworld_trl.training import StopAtReturn, run_online_dreamer
 
         if c.reference_score is None or c.reference_score <= 0:
             raise ValueError("collect.reference_score is unset; give the expert score of this task (the run stops "
                              "at collect.fraction times it), e.g. collect.reference_score=900.")
         target = c.fraction * c.reference_score
-        run_online_dreamer(config, on_collect=EpisodeRecorder(episodes_dir), stop_return=target)
+        run_online_dreamer(config, callbacks=[RecordEpisodes(episodes_dir), StopAtReturn(target)])
         source = (f"collect medium-replay: online DreamerV2 replay until eval return >= {target:.4g} "
                   f"({c.fraction:.3g} x reference {c.reference_score}), run {config.output_dir}")
     else:

@@ -35,7 +35,9 @@ class Evaluator:
                  state_value=None, gamma: float = 0.99):
         self.env, self.episodes = env, episodes
         self.state_value, self.gamma = state_value, gamma
-        self.recorder = VideoRecorder(logger, tag="eval/video", in_keys=["pixels"]) if (logger and video) else None
+        # skip=1: every frame (TorchRL's default keeps every other one).
+        self.recorder = (VideoRecorder(logger, tag="eval/video", in_keys=["pixels"], skip=1)
+                         if (logger and video) else None)
         self.recording_env = (TransformedEnv(env, self.recorder, auto_unwrap=False)
                               if self.recorder is not None else None)
 

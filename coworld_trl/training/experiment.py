@@ -1,28 +1,47 @@
-"""Builds everything an online DreamerV2 run needs from a :class:`DreamerConfig`, then runs it.
+"""One experiment for every agent.
 
-This is the only place that constructs envs, buffers, collectors and loggers; the agent
-and the loop receive them.
+An experiment sets a run up in a fixed order: config (validated) and the schedule's inputs
+(its offline dataset: a missing one is refused before anything is written) -> process
+(threads, allocator, seed, device) -> run directory -> logger -> the schedule's envs, replays
+and agent (built through :mod:`coworld_trl.training.factory`) -> evaluator. Then the schedule
+runs.
+Only the schedule differs between agents (online DreamerV2; CoWorld's Algorithm 1; a
+baseline's pretrain-then-finetune); checkpoint, restore, evaluation, the clocks and metric
+aggregation are written here, once:
+
+* clocks (dreamerv3's ``when.Every``): log every ``logger.log_every_updates`` updates,
+  evaluate every ``eval.every_updates`` updates of the evaluated agent, checkpoint every
+  ``logger.checkpoint_every_updates`` updates of any agent; a schedule calls :meth:`tick`
+  wherever its state is consistent;
+* metrics: every update's detached metrics are summed per prefix on the device and averaged
+  over the logging interval (one host sync per interval);
+* callbacks: ``on_collect(experiment, batch)``, ``on_eval(experiment, metrics)``,
+  ``on_checkpoint(experiment)``.
+
+Re-running with the same output directory resumes from the last checkpoint; a finished run
+says so and exits.
 """
 from __future__ import annotations
 
+import logging
 import random
-from typing import Callable
+import time
+from dataclasses import asdict, dataclass
+from typing import Any, Protocol, Sequence
 
 import numpy as np
 import torch
-from torchrl.collectors import Collector
-from torchrl.envs import RewardSum
+from tensordict import TensorDictBase
+from tqdm import tqdm
 
-from coworld_trl.agents import make_dreamer_agent
-from coworld_trl.envs import make_env
-from coworld_trl.modules.policy import latent_state_primer
-from coworld_trl.training.config import DreamerConfig, action_repeat, to_dict, validate
-from coworld_trl.training.evaluation import Evaluator
-from coworld_trl.training.logging import make_logger
-from coworld_trl.training.loop import Counters, LoopSettings, OnlineTrainer
+from coworld_trl.agents import NonFiniteLossError
+from coworld_trl.training.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from coworld_trl.training.config import to_dict, validate
+from coworld_trl.training.logging import log_metrics, make_logger
 from coworld_trl.training.memory import keep_freed_memory
-from coworld_trl.training.replay import OnlineReplay
 from coworld_trl.training.run_dir import RunDirectory
+
+log = logging.getLogger("coworld_trl")
 
 
 def resolve_device(name: str) -> torch.device:
@@ -49,55 +68,283 @@ def prepare_process(train) -> torch.device:
     return resolve_device(train.device)
 
 
-def run_online_dreamer(config: DreamerConfig, *, on_collect: Callable | None = None,
-                       stop_return: float | None = None) -> Counters:
-    """Train DreamerV2 online on ``config.env`` and write everything to ``config.output_dir``.
+@dataclass
+class Every:
+    """True once every ``interval`` counts of a counter; ``last`` is when it last fired."""
 
-    ``on_collect`` sees every collected batch (see :class:`OnlineTrainer`); ``stop_return``
-    finishes the run once an evaluation reaches that mean return.
+    interval: int
+    last: int = 0
+
+    def __call__(self, count: int) -> bool:
+        if count - self.last >= self.interval:
+            self.last = count
+            return True
+        return False
+
+
+class MetricAggregator:
+    """Per-prefix sums of detached metric TensorDicts, averaged when flushed.
+
+    Keys starting with ``skipped_`` (an optimiser step the agent skipped on a non-finite
+    loss) are also counted, so the run can report how many updates it skipped.
     """
-    validate(config)
-    run_dir = RunDirectory(config.output_dir, to_dict(config))
-    train = config.train
-    device = prepare_process(train)
 
-    repeat = action_repeat(config.env)
+    def __init__(self):
+        self._sums: dict[str, TensorDictBase] = {}
+        self._counts: dict[str, int] = {}
 
-    def env_factory(seed: int):
-        return make_env(config.env.name, seed=seed, image_size=config.env.image_size,
-                        action_repeat=repeat, fast_render=config.env.fast_render)
+    def add(self, prefix: str, metrics: TensorDictBase) -> None:
+        metrics = metrics.apply(lambda x: x.detach().float().mean())
+        if prefix in self._sums:
+            self._sums[prefix] += metrics
+            self._counts[prefix] += 1
+        else:
+            self._sums[prefix], self._counts[prefix] = metrics, 1
 
-    probe = env_factory(train.seed)
-    action_dim = probe.action_spec.shape[-1]
-    obs_shape = tuple(probe.observation_spec["pixels"].shape)
-    probe.close()
+    def flush(self) -> tuple[dict[str, float], int]:
+        """``({"train/<prefix>_<key>": mean}, skipped updates)`` since the last flush."""
+        scalars, skipped = {}, 0
+        for prefix, sums in self._sums.items():
+            count = self._counts[prefix]
+            values = {key: value.item() for key, value in sums.to("cpu").items()}  # the interval's one sync
+            # An update is skipped when any of its optimiser steps is.
+            skipped += round(max((v for k, v in values.items() if k.startswith("skipped_")), default=0.0))
+            for key, value in values.items():
+                scalars[f"train/{prefix}_{key}" if prefix else f"train/{key}"] = value / count
+        self._sums.clear()
+        self._counts.clear()
+        return scalars, skipped
 
-    agent = make_dreamer_agent(config.model, config.agent, action_dim=action_dim, obs_shape=obs_shape,
-                               device=device, autocast=train.autocast)
-    if train.compile:
-        for module in (agent.world_model.encoder, agent.world_model.decoder):
-            module.compile()
 
-    logger = make_logger(config.logger.backend, run_dir.path, project=config.logger.project)
-    eval_env = env_factory(train.seed + 10_000)
-    eval_env.append_transform(latent_state_primer(agent.world_model))
-    evaluator = Evaluator(eval_env, episodes=config.eval.episodes, logger=logger, video=config.eval.video)
+class Callback:
+    """Hooks into a running experiment; override what you need."""
 
-    def make_collector(policy, steps: int, random_steps: int):
-        env = env_factory(train.seed + random.randrange(1_000))
-        env.append_transform(latent_state_primer(agent.world_model))
-        env.append_transform(RewardSum())
-        return Collector(env, policy, frames_per_batch=train.train_every, total_frames=steps,
-                         init_random_frames=random_steps, device=device, storing_device="cpu")
+    def on_collect(self, experiment: "Experiment", batch: TensorDictBase) -> None:
+        """Every collected batch, before anything is dropped from it."""
 
-    replay = OnlineReplay(run_dir.path / "replay", capacity=config.data.buffer_capacity, seq_len=config.data.seq_len)
-    settings = LoopSettings(
-        total_frames=train.total_frames, prefill_frames=train.prefill_frames,
-        frames_per_step=repeat, train_every=train.train_every,
-        updates_per_train=train.updates_per_train, batch_size=config.data.batch_size,
-        eval_every_updates=config.eval.every_updates, checkpoint_every_updates=config.logger.checkpoint_every_updates,
-        stop_return=stop_return,
-    )
-    trainer = OnlineTrainer(agent, make_collector=make_collector, replay=replay, evaluator=evaluator,
-                            logger=logger, run_dir=run_dir, settings=settings, on_collect=on_collect)
-    return trainer.run()
+    def on_eval(self, experiment: "Experiment", metrics: dict[str, Any]) -> None:
+        """Every evaluation's metrics (``eval/return_mean``, ...)."""
+
+    def on_checkpoint(self, experiment: "Experiment") -> None:
+        """After every checkpoint is written."""
+
+
+class StopAtReturn(Callback):
+    """Finish the run once an evaluation's mean return reaches ``threshold``."""
+
+    def __init__(self, threshold: float):
+        self.threshold = threshold
+
+    def on_eval(self, experiment: "Experiment", metrics: dict[str, Any]) -> None:
+        if metrics["eval/return_mean"] >= self.threshold:
+            log.info("eval return %.1f reached %.1f; stopping", metrics["eval/return_mean"], self.threshold)
+            experiment.stop_requested = True
+
+
+class Schedule(Protocol):
+    """What differs between agents (see :mod:`coworld_trl.training.schedules`).
+
+    Attributes:
+        progress: a dataclass of counters with at least ``updates``, ``frames`` and
+            ``finished``; checkpointed.
+    """
+
+    progress: Any
+
+    def open_inputs(self, config) -> None:
+        """Open what the run reads and must not create itself (an offline dataset)."""
+
+    def build(self, experiment: "Experiment"):
+        """Build envs, replays and the agent from ``experiment.config``; return the agent."""
+
+    def evaluated(self) -> tuple[Any, str]:
+        """``(DreamerV2 agent, env name)`` that evaluations run."""
+
+    def eval_count(self) -> int:
+        """Updates of the evaluated agent (the evaluation clock counts them)."""
+
+    def log_step(self) -> int:
+        """The x-axis of logged scalars."""
+
+    def bar(self) -> tuple[int, int, str]:
+        """Progress bar ``(total, done, unit)``."""
+
+    def run(self, experiment: "Experiment") -> None:
+        """Train, calling :meth:`Experiment.record` per update and :meth:`Experiment.tick` where
+        a checkpoint is consistent; return early when ``experiment.stop_requested``."""
+
+    def state_dict(self) -> dict:
+        """What the schedule needs to resume besides ``progress`` (e.g. replay cursors)."""
+
+    def load_state_dict(self, state: dict) -> None: ...
+
+    def discard_files(self) -> None:
+        """Remove files a run killed before its first checkpoint left (fresh start)."""
+
+    def close(self) -> None:
+        """Shut collectors down."""
+
+
+class Experiment:
+    """A run of ``schedule`` configured by ``config``, writing everything to ``config.output_dir``.
+
+    Args:
+        config: a recipe config (:class:`~coworld_trl.training.config.DreamerConfig`,
+            :class:`~coworld_trl.training.config.CoWorldConfig`).
+        schedule: the agent's schedule.
+
+    Keyword Args:
+        callbacks: :class:`Callback` instances.
+
+    Examples:
+        >>> from coworld_trl.training import Experiment, OnlineDreamer, dreamer_config
+        >>> Experiment(dreamer_config("quick", output_dir="runs/demo"), OnlineDreamer()).run()
+    """
+
+    def __init__(self, config, schedule: Schedule, *, callbacks: Sequence[Callback] = ()):
+        from coworld_trl.training.factory import make_evaluator
+
+        validate(config)
+        schedule.open_inputs(config)
+        self.config, self.schedule, self.callbacks = config, schedule, list(callbacks)
+        self.device = prepare_process(config.train)
+        self.run_dir = RunDirectory(config.output_dir, to_dict(config))
+        self.logger = make_logger(config.logger.backend, self.run_dir.path, project=config.logger.project)
+        self.agent = schedule.build(self)
+        evaluated, env_name = schedule.evaluated()
+        self.evaluator = make_evaluator(config, evaluated, env_name, logger=self.logger, device=self.device)
+        self.clocks = {"log": Every(config.logger.log_every_updates), "eval": Every(config.eval.every_updates),
+                       "checkpoint": Every(config.logger.checkpoint_every_updates)}
+        self.metrics = MetricAggregator()
+        self.stop_requested = False
+        self._bar: tqdm | None = None
+        self._last_flush = (time.time(), 0)
+
+    @property
+    def progress(self):
+        return self.schedule.progress
+
+    # ------------------------------------------------------------------ state
+    def save(self) -> None:
+        """Checkpoint the agent, progress, clocks, RNG and the schedule's state (replay cursors;
+        the replays' rows are already on disk in the run directory)."""
+        save_checkpoint(self.run_dir.checkpoint, {
+            "agent": self.agent.checkpoint_state(),
+            "progress": asdict(self.progress),
+            "clocks": {name: clock.last for name, clock in self.clocks.items()},
+            "schedule": self.schedule.state_dict(),
+            "rng": rng_state(),
+        })
+        for callback in self.callbacks:
+            callback.on_checkpoint(self)
+
+    def restore(self) -> bool:
+        if not self.run_dir.checkpoint.exists():
+            self.schedule.discard_files()
+            return False
+        state = load_checkpoint(self.run_dir.checkpoint, map_location=self.device, resume=True)
+        self.agent.load_checkpoint_state(state["agent"])
+        self.schedule.progress = type(self.progress)(**state["progress"])
+        for name, last in state["clocks"].items():
+            self.clocks[name].last = last
+        self.schedule.load_state_dict(state["schedule"])
+        set_rng_state(state["rng"])
+        self._last_flush = (time.time(), self.progress.updates)
+        return True
+
+    # ----------------------------------------------------- what schedules call
+    def record(self, prefix: str, metrics: TensorDictBase) -> None:
+        """One update's metrics (``prefix`` names the agent, e.g. ``target``; ``""`` for a single agent)."""
+        self.metrics.add(prefix, metrics)
+        self.progress.updates += 1
+
+    def collected(self, batch: TensorDictBase, *, frames: int, name: str = "") -> None:
+        """A collected batch of ``frames`` env frames: callbacks, frame count, finished episodes' returns."""
+        for callback in self.callbacks:
+            callback.on_collect(self, batch)
+        self.progress.frames += frames
+        done = batch["next", "done"].reshape(-1)
+        if done.any() and ("next", "episode_reward") in batch.keys(True):
+            returns = batch["next", "episode_reward"].reshape(-1)[done]
+            self.log({f"train/{name}_episode_return" if name else "train/episode_return": returns.mean().item()})
+
+    def tick(self) -> None:
+        """Run whatever clock is due: log the aggregated metrics, evaluate, checkpoint."""
+        updates = self.progress.updates
+        if self._bar is not None:
+            self._bar.update(self.schedule.bar()[1] - self._bar.n)
+        if self.clocks["log"](updates):
+            self.flush_metrics()
+        if self.schedule.eval_count() and self.clocks["eval"](self.schedule.eval_count()):
+            self.evaluate()
+        if updates and self.clocks["checkpoint"](updates):
+            self.save()
+
+    def log(self, scalars: dict[str, float]) -> None:
+        log_metrics(self.logger, scalars, self.schedule.log_step())
+
+    def set_phase(self, phase: str) -> None:
+        if self._bar is not None:
+            self._bar.set_description(phase)
+
+    def flush_metrics(self) -> None:
+        scalars, skipped = self.metrics.flush()
+        if not scalars:
+            return
+        started, updates = self._last_flush
+        self._last_flush = (time.time(), self.progress.updates)
+        scalars["time/seconds_per_update"] = (time.time() - started) / max(self.progress.updates - updates, 1)
+        if skipped:
+            self.progress.skipped_updates += skipped
+            log.warning("%d updates skipped on non-finite losses (train.nan_policy=skip); %d in all", skipped,
+                        self.progress.skipped_updates)
+        scalars["train/skipped_updates"] = self.progress.skipped_updates
+        self.log(scalars)
+
+    def evaluate(self) -> dict[str, Any]:
+        """Evaluate the schedule's evaluated agent; log, append to ``results.jsonl``, run callbacks."""
+        agent, _ = self.schedule.evaluated()
+        metrics = self.evaluator(agent.policy(), self.schedule.log_step())
+        scalars = {k: v for k, v in metrics.items() if not isinstance(v, list)}
+        self.log(scalars)
+        self.run_dir.append_result({**asdict(self.progress), "time": time.time(), **metrics})
+        self.clocks["eval"].last = self.schedule.eval_count()
+        if self._bar is not None:
+            self._bar.set_postfix(eval_return=f"{metrics['eval/return_mean']:.1f}")
+        for callback in self.callbacks:
+            callback.on_eval(self, metrics)
+        return scalars
+
+    # --------------------------------------------------------------------- run
+    def run(self):
+        """Resume or start, run the schedule, evaluate at the end, write the final checkpoint."""
+        p = self.progress
+        if self.restore():
+            p = self.progress
+            if p.finished:
+                log.info("run in %s is finished (%s); nothing to do", self.run_dir.path, self._describe())
+                return p
+            log.info("resuming %s at %s", self.run_dir.path, self._describe())
+        total, done, unit = self.schedule.bar()
+        self._bar = tqdm(total=total, initial=done, unit=unit, dynamic_ncols=True, mininterval=2.0)
+        try:
+            self.schedule.run(self)
+        except NonFiniteLossError as err:
+            raise NonFiniteLossError(
+                f"{err} at update {self.progress.updates + 1}; the last checkpoint {self.run_dir.checkpoint} "
+                f"is intact (train.nan_policy=skip skips such updates)") from None
+        finally:
+            self._bar.close()
+            self._bar = None
+            self.schedule.close()
+        self.flush_metrics()
+        if self.clocks["eval"].last != self.schedule.eval_count() or not self.run_dir.read_results():
+            self.evaluate()
+        p.finished = True
+        self.save()
+        log.info("run finished (%s); results in %s", self._describe(), self.run_dir.results)
+        return p
+
+    def _describe(self) -> str:
+        p = self.progress
+        return f"{p.frames} frames, {p.updates} updates"

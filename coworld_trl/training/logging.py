@@ -1,6 +1,7 @@
 """TorchRL loggers by name, with mp4 videos for the CSV logger."""
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import torch
@@ -8,21 +9,28 @@ from torchrl.record.loggers import Logger
 from torchrl.record.loggers.csv import CSVLogger
 
 METRIC_NAMESPACES = ("train", "eval", "time")
+log = logging.getLogger(__name__)
 
 
 class CSVVideoLogger(CSVLogger):
     """TorchRL's CSVLogger, writing videos as mp4 through imageio-ffmpeg.
 
-    TorchRL's own mp4 path needs torchcodec and system FFmpeg libraries; imageio-ffmpeg
-    ships its own binary, so ``pip install coworld_trl[video]`` is enough. Without it
-    videos fall back to TorchRL's ``.pt`` tensors.
+    TorchRL's own mp4 path (``CSVLogger(video_format="mp4")``) needs torchcodec and system
+    FFmpeg libraries, which no extra of this library installs; imageio-ffmpeg ships its own
+    binary, so ``pip install coworld_trl[video]`` is enough here. Without it videos fall back
+    to TorchRL's ``.pt`` tensors, with a warning.
     """
+
+    _warned = False
 
     def log_video(self, name: str, video: torch.Tensor, step: int | None = None, **kwargs) -> None:
         try:
             import imageio.v2 as imageio
             import imageio_ffmpeg  # noqa: F401
         except ImportError:
+            if not CSVVideoLogger._warned:
+                log.warning("videos are saved as .pt tensors: `pip install coworld_trl[video]` for mp4")
+                CSVVideoLogger._warned = True
             return super().log_video(name, video, step=step, **kwargs)
         frames = video.reshape(-1, *video.shape[-3:])  # [T, C, H, W] uint8
         if frames.dtype != torch.uint8:

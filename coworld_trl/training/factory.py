@@ -1,0 +1,116 @@
+"""The one place that builds envs, collectors, replays, the offline dataset and the evaluator
+from a recipe config. Schedules call these; agents and losses receive what they return."""
+from __future__ import annotations
+
+import logging
+import random
+from pathlib import Path
+from typing import Callable
+
+import torch
+from tensordict import TensorDictBase
+from torch.nn import functional as F
+from torchrl.collectors import Collector
+from torchrl.envs import EnvBase, RewardSum
+from torchrl.record.loggers import Logger
+
+from coworld_trl.data import DatasetError, OfflineDataset
+from coworld_trl.envs import env_info, make_env
+from coworld_trl.modules.policy import latent_state_primer
+from coworld_trl.training.config import DataConfig, EnvConfig, action_repeat
+from coworld_trl.training.evaluation import Evaluator
+from coworld_trl.training.replay import OnlineReplay
+
+log = logging.getLogger(__name__)
+EVAL_SEED_OFFSET = 10_000
+
+
+def make_run_env(env: EnvConfig, seed: int, *, name: str | None = None, action_dim: int | None = None) -> EnvBase:
+    """``name`` (default ``env.name``) rendered as ``env`` says, its actions padded to ``action_dim``
+    when it takes fewer."""
+    name = name or env.name
+    pad = action_dim if action_dim is not None and env_info(name).action_dim < action_dim else None
+    return make_env(name, seed=seed, image_size=env.image_size, action_repeat=action_repeat(env),
+                    fast_render=env.fast_render, pad_action_dim=pad)
+
+
+def make_collector(env: EnvBase, agent, *, random_steps: int, steps_per_batch: int,
+                   device: torch.device) -> Collector:
+    """An endless TorchRL collector of ``agent``'s acting policy (random actions for the first
+    ``random_steps``), ``steps_per_batch`` agent steps per batch, batches kept on the CPU."""
+    env.append_transform(latent_state_primer(agent.world_model))
+    env.append_transform(RewardSum())
+    return Collector(env, agent.policy(), frames_per_batch=steps_per_batch, total_frames=-1,
+                     init_random_frames=random_steps, device=device, storing_device="cpu")
+
+
+def collector_seed(base: int) -> int:
+    """A fresh env seed per collector start, so a resumed run does not replay the same episodes."""
+    return base + random.randrange(1_000)
+
+
+def make_replay(path: Path, data: DataConfig) -> OnlineReplay:
+    return OnlineReplay(path, capacity=data.buffer_capacity, seq_len=data.seq_len)
+
+
+def make_evaluator(config, agent, env_name: str, *, logger: Logger, device: torch.device) -> Evaluator:
+    """Deterministic episodes of ``agent`` on ``env_name``: return, success, value bias, one video."""
+    env_config = config.env if hasattr(config, "env") else config.target
+    action_dim = agent.world_model.action_dim
+    env = make_run_env(env_config, config.train.seed + EVAL_SEED_OFFSET, name=env_name, action_dim=action_dim)
+    env.append_transform(latent_state_primer(agent.world_model))
+    world_model = agent.world_model
+
+    def state_value(rollout: TensorDictBase) -> torch.Tensor:
+        features = world_model.rssm.features(rollout["latent_stoch"].to(device), rollout["latent_deter"].to(device))
+        return agent.critic(features).cpu()
+
+    return Evaluator(env, episodes=config.eval.episodes, logger=logger, video=config.eval.video,
+                     state_value=state_value, gamma=config.agent.gamma)
+
+
+def open_target_dataset(config) -> OfflineDataset:
+    """The target dataset of a CoWorld config. When it is missing and ``make_dataset_episodes``
+    > 0, a small random-policy dataset is made next to it, named for what it is
+    (``<dataset parent>/random-<N>ep``), and used instead."""
+    path = Path(config.dataset)
+    if not (path / "metadata.json").exists():
+        if config.make_dataset_episodes <= 0:
+            raise DatasetError(
+                f"target dataset {path} does not exist; make it with `python recipes/collect_dataset.py "
+                f"env.name={config.target.name} collect.output={path} collect.kind=medium-replay "
+                f"collect.reference_score=...`, or pass make_dataset_episodes=N for a small random one.")
+        path = path.parent / f"random-{config.make_dataset_episodes}ep"
+        if not (path / "metadata.json").exists():
+            from coworld_trl.training.collect import collect_dataset
+            from coworld_trl.training.config import CollectConfig, CollectDatasetConfig, OnlineTrainConfig
+
+            log.info("%s is missing: making a random target dataset of %d episodes at %s", config.dataset,
+                     config.make_dataset_episodes, path)
+            train = OnlineTrainConfig(seed=config.train.seed, device=config.train.device)
+            collect_dataset(CollectDatasetConfig(env=config.target, train=train, collect=CollectConfig(
+                kind="random", output=str(path), episodes=config.make_dataset_episodes)))
+        log.info("target dataset: %s", path)
+    dataset = OfflineDataset(path)
+    if dataset.metadata.env not in (None, config.target.name):
+        raise DatasetError(f"{path} was made on {dataset.metadata.env}, but the target env is {config.target.name}; "
+                           f"point dataset= at a {config.target.name} dataset.")
+    return dataset
+
+
+def dataset_sampler(dataset: OfflineDataset, data: DataConfig, *, action_dim: int,
+                    device: torch.device) -> Callable[[], TensorDictBase]:
+    """``() -> [B, T]`` dataset sequences on ``device``, actions zero-padded to ``action_dim``."""
+    if dataset.metadata.action_dim > action_dim:
+        raise DatasetError(f"{dataset.path} has {dataset.metadata.action_dim}-d actions, but the agent takes "
+                           f"{action_dim}-d; use a dataset of the target env.")
+    buffer = dataset.replay_buffer(batch_size=data.batch_size, seq_len=data.seq_len, prefetch=2)
+    pad = action_dim - dataset.metadata.action_dim
+
+    def sample() -> TensorDictBase:
+        batch = buffer.sample().reshape(data.batch_size, data.seq_len)
+        if pad:
+            batch["action"] = F.pad(batch["action"], (0, pad))
+        return batch.to(device)
+
+    return sample

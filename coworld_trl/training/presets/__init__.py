@@ -1,0 +1,1 @@
+"""The Hydra preset groups (YAML files), on every recipe's search path."""
