@@ -11,18 +11,33 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Callable, Iterable, Mapping, Sequence
 
 import torch
 from tensordict import TensorDict, TensorDictBase
 from torch import nn
 
 from coworld_trl.modules import Actor, LatentPolicy, ScalarHead, WorldModel, make_world_model, require
-from coworld_trl.objectives import ActorLoss, ImaginedKeys, ValueLoss, WorldModelLoss, imagine
+from coworld_trl.objectives import (
+    ActorLoss,
+    EWCPenalty,
+    ImaginedKeys,
+    MixedRewardLoss,
+    RewardUncertaintyPenalty,
+    ValueLoss,
+    WorldModelLoss,
+    diagonal_fisher,
+    imagine,
+)
+
 
 @dataclass
 class ModelConfig:
-    """World model, actor and critic sizes (defaults: Table 7 of the paper)."""
+    """World model, actor and critic sizes (defaults: Table 7 of the paper).
+
+    ``ensemble`` > 0 gives the RSSM that many prior heads (Offline DV2: 7; see
+    :class:`~coworld_trl.modules.RSSM`); 0 is DreamerV2's single head.
+    """
 
     latent: str = "discrete"
     stoch: int = 32
@@ -37,6 +52,7 @@ class ModelConfig:
     actor_layers: int = 4
     actor_dist: str = "trunc_normal"
     critic_layers: int = 4
+    ensemble: int = 0
 
 
 @dataclass
@@ -76,6 +92,7 @@ def build_networks(model: ModelConfig, *, action_dim: int, obs_shape: tuple[int,
         action_dim=action_dim, obs_shape=obs_shape, latent=model.latent, stoch=model.stoch, classes=model.classes,
         deter=model.deter, hidden=model.hidden, norm_gru=model.norm_gru, cnn_depth=model.cnn_depth,
         mlp_units=model.mlp_units, reward_layers=model.reward_layers, discount_head=model.discount_head,
+        ensemble=model.ensemble,
     )
     actor = Actor(world_model.feature_dim, action_dim, layers=model.actor_layers, units=model.mlp_units,
                   dist=model.actor_dist)
@@ -83,8 +100,8 @@ def build_networks(model: ModelConfig, *, action_dim: int, obs_shape: tuple[int,
     return world_model, actor, critic
 
 
-NAN_POLICIES = ("raise", "skip")
 Hook = Callable[[TensorDictBase], object]
+PARTS = ("world_model", "actor", "value")  # the optimisers, and what EWC can anchor
 
 
 def world_model_loss_kwargs(config: AgentConfig) -> dict:
@@ -112,6 +129,18 @@ class DreamerV2Agent(nn.Module):
             ``config``'s scales); a CoWorld source passes a
             :class:`~coworld_trl.objectives.MixedRewardLoss` (Eq. 5). It must train ``world_model``.
         value_penalty: optional penalty LossModule for the value loss (Eq. 6).
+        reward_penalty: optional module called on the imagined TensorDict after imagination
+            and BEFORE the value targets, which may rewrite the imagined rewards; what it
+            returns is reported with the behaviour metrics. Offline DV2's
+            :class:`~coworld_trl.objectives.RewardUncertaintyPenalty` is one (the agent sets
+            its latent kind from the world model, whose RSSM needs an ensemble of prior
+            heads, and imagination writes its ``ensemble_stats`` where it reads them).
+        regularizers: ``{optimiser: module}`` for ``"world_model"``, ``"actor"`` or
+            ``"value"``: each is called with no input at every step of that optimiser and
+            its ``loss_*`` terms join that optimiser's loss. Its entries are reported with
+            the optimiser's name appended (``loss_ewc_world_model``, ``ewc_distance_actor``).
+            Registered under ``regularizers``, so they are checkpointed with the agent; e.g.
+            :class:`~coworld_trl.objectives.EWCPenalty` (:meth:`consolidate_ewc`).
         autocast: run forward passes under bf16 autocast (CUDA).
         nan_policy: what to do when the summed loss of an optimiser step is not finite:
             ``"raise"`` raises :class:`NonFiniteLossError` naming the non-finite ``loss_*``
@@ -121,6 +150,7 @@ class DreamerV2Agent(nn.Module):
     Examples:
         >>> agent = make_dreamer_agent(ModelConfig(), AgentConfig(), action_dim=6)
         >>> metrics = agent.update(batch)   # loss_image, ..., loss_actor, loss_value, grad_norm_*, skipped_*
+        >>> agent.observe(batch); agent.update_behaviour(batch)   # behaviour only, on a frozen world model
     """
 
     def __init__(
@@ -132,6 +162,8 @@ class DreamerV2Agent(nn.Module):
         *,
         world_model_loss: WorldModelLoss | None = None,
         value_penalty: nn.Module | None = None,
+        reward_penalty: nn.Module | None = None,
+        regularizers: Mapping[str, nn.Module] | None = None,
         autocast: bool = False,
         nan_policy: str = "raise",
     ):
@@ -155,6 +187,30 @@ class DreamerV2Agent(nn.Module):
         }
         self.autocast = autocast
         self.nan_policy = nan_policy
+        if isinstance(reward_penalty, RewardUncertaintyPenalty):
+            self._check_uncertainty_penalty(reward_penalty, world_model)
+        self.reward_penalty = reward_penalty
+        regularizers = dict(regularizers or {})
+        unknown = sorted(set(regularizers) - set(PARTS))
+        if unknown:
+            raise ValueError(f"regularizers for {unknown}: the agent's optimisers are {list(PARTS)}.")
+        self.regularizers = nn.ModuleDict(regularizers)
+        for name, regularizer in regularizers.items():
+            if isinstance(regularizer, EWCPenalty) and regularizer.module is not self.part_module(name):
+                raise ValueError(f"regularizers[{name!r}] is an EWCPenalty on another module; build it on the "
+                                 f"agent's {name} network (EWCPenalty(agent_{name}_module)).")
+
+    @staticmethod
+    def _check_uncertainty_penalty(penalty: RewardUncertaintyPenalty, world_model: WorldModel) -> None:
+        rssm = world_model.rssm
+        if rssm.ensemble == 0:
+            raise ValueError("reward_penalty is a RewardUncertaintyPenalty but the world model has one prior head; "
+                             "build it with an ensemble (ModelConfig.ensemble=7, make_world_model(ensemble=7)).")
+        if penalty.latent_spec is None:
+            penalty.set_latent(rssm)
+        elif penalty.latent_spec != rssm.latent_spec:
+            raise ValueError(f"reward_penalty reads {penalty.latent_spec} latents but the world model's are "
+                             f"{rssm.latent_spec}; build the penalty on this world model.")
 
     @property
     def world_model(self) -> WorldModel:
@@ -178,8 +234,12 @@ class DreamerV2Agent(nn.Module):
     def _step(self, name: str, losses: TensorDict) -> TensorDict:
         """Sum the ``loss_*`` entries of ``losses``, backpropagate, clip, step optimiser ``name``.
 
-        Writes ``grad_norm_<name>`` and ``skipped_<name>`` into ``losses``.
+        Adds the terms of ``regularizers[name]`` (suffixed ``_<name>``) first. Writes
+        ``grad_norm_<name>`` and ``skipped_<name>`` into ``losses``.
         """
+        if name in self.regularizers:
+            for key, value in self.regularizers[name]().items():
+                losses[f"{key}_{name}"] = value
         total = sum(value for key, value in losses.items() if key.startswith("loss_"))
         optimizer = self.optimizers[name]
         optimizer.zero_grad(set_to_none=True)
@@ -198,11 +258,16 @@ class DreamerV2Agent(nn.Module):
         return losses
 
     def _trained_params(self, name: str):
-        if name == "world_model":
-            return self.world_model.parameters()
-        if name == "actor":
-            return self.actor.parameters()
-        return self.value_loss.value_network_params.values(True, True)
+        if name == "value":
+            return self.value_loss.value_network_params.values(True, True)
+        return self.part_module(name).parameters()
+
+    def part_module(self, name: str) -> nn.Module:
+        """The network optimiser ``name`` trains: ``world_model``, ``actor`` or ``value`` (the critic)."""
+        modules = {"world_model": self.world_model, "actor": self.actor, "value": self.critic}
+        if name not in modules:
+            raise ValueError(f"{name!r} is not one of the agent's parts {list(PARTS)}.")
+        return modules[name]
 
     @staticmethod
     def _non_finite_message(name: str, losses: TensorDict) -> str:
@@ -229,33 +294,58 @@ class DreamerV2Agent(nn.Module):
         """Sum the ``loss_*`` entries of ``losses``, backpropagate, clip and step the world model."""
         return self._step("world_model", losses).detach()
 
+    @torch.no_grad()
+    def observe(self, batch: TensorDictBase) -> TensorDictBase:
+        """Filter ``batch`` with the world model, without gradient, writing its posterior latents.
+
+        For behaviour updates on a frozen world model (Offline DV2's second stage:
+        ``agent.observe(batch); agent.update_behaviour(batch)``); no weight changes.
+        """
+        with self.autocast_context():
+            self.world_model(batch)
+        return batch
+
     def imagined_keys(self) -> ImaginedKeys:
-        """Where imagination writes: the names the actor and value losses read."""
+        """Where imagination writes: the names the actor and value losses (and the reward penalty) read."""
         actor, value = self.actor_loss.tensor_keys, self.value_loss.tensor_keys
         if actor.features != value.features:
             raise ValueError(f"ActorLoss reads imagined states from {actor.features!r} but ValueLoss from "
                              f"{value.features!r}; set_keys(features=...) the same on both.")
+        penalty = getattr(self.reward_penalty, "tensor_keys", None)
+        for name in ("reward", "next_features"):
+            if penalty is not None and hasattr(penalty, name) and getattr(penalty, name) != getattr(value, name):
+                raise ValueError(f"the reward penalty reads {name}={getattr(penalty, name)!r} but ValueLoss "
+                                 f"{getattr(value, name)!r}; set_keys({name}=...) the same on both.")
         return ImaginedKeys(features=value.features, action=actor.action, policy_params=actor.policy_params,
-                            next_features=value.next_features, reward=value.reward, discount=value.discount)
+                            next_features=value.next_features, reward=value.reward, discount=value.discount,
+                            ensemble_stats=getattr(penalty, "ensemble_stats", ImaginedKeys.ensemble_stats))
 
     def imagine(self, batch: TensorDictBase) -> TensorDictBase:
-        """Imagined trajectories from every posterior state of ``batch``, with value targets."""
-        keys, fix = self.world_model.tensor_keys, "run update_world_model(batch) first (it writes the posterior latents)"
+        """Imagined trajectories from every posterior state of ``batch``, the reward penalty
+        applied (if any), with value targets."""
+        return self._imagine(batch)[0]
+
+    def _imagine(self, batch: TensorDictBase) -> tuple[TensorDictBase, TensorDict | None]:
+        keys = self.world_model.tensor_keys
+        fix = "run update_world_model(batch) or observe(batch) first (they write the posterior latents)"
         stoch = require(batch, keys.stoch, "DreamerV2Agent.imagine", fix)
         deter = require(batch, keys.deter, "DreamerV2Agent.imagine", fix)
+        penalty_metrics = None
         with self.autocast_context():
             imagined = imagine(self.world_model, self.actor, stoch, deter, horizon=self.config.horizon,
                                gamma=self.config.gamma, keys=self.imagined_keys())
-            return self.value_loss.targets(imagined)
+            if self.reward_penalty is not None:  # before the targets: the returns see r_pen
+                penalty_metrics = self.reward_penalty(imagined)
+            return self.value_loss.targets(imagined), penalty_metrics
 
     def update_behaviour(self, batch: TensorDictBase, imagined_hooks: Sequence[Hook] = ()) -> TensorDict:
         """One actor (Eq. 7) and one critic step from the posterior states in ``batch``.
 
-        ``imagined_hooks`` are called on the imagined TensorDict (after the value targets
-        are written, before the losses) to add entries the losses read, e.g. CoWorld's
-        ``source_value`` for the min-max penalty (Eq. 6).
+        ``imagined_hooks`` are called on the imagined TensorDict (after the reward penalty
+        and the value targets, before the losses) to add entries the losses read, e.g.
+        CoWorld's ``source_value`` for the min-max penalty (Eq. 6).
         """
-        imagined = self.imagine(batch)
+        imagined, penalty_metrics = self._imagine(batch)
         with self.autocast_context():
             for hook in imagined_hooks:
                 hook(imagined)
@@ -265,11 +355,55 @@ class DreamerV2Agent(nn.Module):
             value_losses = self.value_loss(imagined)
         self._step("value", value_losses)
         self.target_updater.step()
-        return actor_losses.update(value_losses).detach()
+        metrics = actor_losses.update(value_losses)
+        if penalty_metrics is not None:
+            metrics.update(penalty_metrics)
+        return metrics.detach()
 
     def update(self, batch: TensorDictBase) -> TensorDict:
         """World model, then behaviour, on one batch (DreamerV2's train step)."""
         return self.update_world_model(batch).update(self.update_behaviour(batch))
+
+    # ------------------------------------------------------------------- EWC
+    def part_loss(self, name: str, batch: TensorDictBase) -> TensorDict:
+        """The loss optimiser ``name`` minimises on ``batch``, with its graph (no step).
+
+        ``world_model``: the world-model loss (Eq. 2; a :class:`MixedRewardLoss` gives its
+        source-only Eq. 2). ``actor`` / ``value``: the actor (Eq. 7) / critic loss on
+        trajectories imagined from ``batch``'s posterior states (the world model filters
+        ``batch`` without gradient first).
+        """
+        if name == "world_model":
+            loss = self.world_model_loss
+            return loss.source_only(batch) if isinstance(loss, MixedRewardLoss) else loss(batch)
+        if name not in PARTS:
+            raise ValueError(f"{name!r} is not one of the agent's parts {list(PARTS)}.")
+        self.observe(batch)
+        imagined = self.imagine(batch)
+        return self.actor_loss(imagined) if name == "actor" else self.value_loss(imagined)
+
+    def fisher(self, batches: Iterable[TensorDictBase], parts: Sequence[str] = ("world_model",)) -> dict:
+        """Diagonal empirical Fisher (:func:`~coworld_trl.objectives.diagonal_fisher`) of each
+        part's loss (:meth:`part_loss`) over ``batches``: ``{part: {param_name: F}}``. Changes no
+        weight (the batches receive latents)."""
+        batches = list(batches)
+        return {name: diagonal_fisher(self.part_module(name), lambda batch, name=name: self.part_loss(name, batch),
+                                      batches) for name in parts}
+
+    def consolidate_ewc(self, batches: Iterable[TensorDictBase], parts: Sequence[str] | None = None) -> dict:
+        """End of the source task: anchor every :class:`~coworld_trl.objectives.EWCPenalty`
+        regulariser (or those of ``parts``) at the current weights, weighted by the Fisher
+        of that part's loss over ``batches`` (source batches). Returns the Fishers."""
+        ewc = {name: reg for name, reg in self.regularizers.items() if isinstance(reg, EWCPenalty)}
+        parts = list(ewc) if parts is None else list(parts)
+        missing = [name for name in parts if name not in ewc]
+        if missing or not parts:
+            raise ValueError(f"no EWCPenalty regulariser for {missing or 'any part'}; build the agent with "
+                             f"regularizers={{part: EWCPenalty(module)}} (make_dreamer_agent(ewc_lmbda=...)).")
+        fishers = self.fisher(batches, parts)
+        for name in parts:
+            ewc[name].consolidate(fishers[name])
+        return fishers
 
     def policy(self) -> LatentPolicy:
         return LatentPolicy(self.world_model, self.actor, expl_noise=self.config.expl_noise)
@@ -291,9 +425,29 @@ class DreamerV2Agent(nn.Module):
 
 
 def make_dreamer_agent(model: ModelConfig, agent: AgentConfig, *, action_dim: int, obs_shape=(3, 64, 64),
-                       device: torch.device | str = "cpu", autocast: bool = False,
-                       nan_policy: str = "raise") -> DreamerV2Agent:
-    """Build networks on ``device`` first, so optimisers and the slow critic live there too."""
+                       device: torch.device | str = "cpu", autocast: bool = False, nan_policy: str = "raise",
+                       reward_penalty: nn.Module | None = None, ewc_lmbda: float = 0.0,
+                       ewc_parts: Sequence[str] = PARTS) -> DreamerV2Agent:
+    """Build networks on ``device`` first, so optimisers and the slow critic live there too.
+
+    Keyword Args:
+        reward_penalty: :class:`DreamerV2Agent`'s (Offline DV2: a
+            :class:`~coworld_trl.objectives.RewardUncertaintyPenalty`, with ``model.ensemble`` > 0).
+        ewc_lmbda: > 0 adds an :class:`~coworld_trl.objectives.EWCPenalty` of that weight to the
+            optimisers of ``ewc_parts`` (DV2 Finetune + EWC; then call
+            :meth:`DreamerV2Agent.consolidate_ewc` on source batches after pretraining); 0
+            (default) adds none. The paper gives no value; ``EWCPenalty``'s own default is
+            :data:`~coworld_trl.objectives.DEFAULT_EWC_LMBDA`.
+        ewc_parts: which of ``world_model``, ``actor``, ``value`` EWC anchors (all three).
+    """
     networks = build_networks(model, action_dim=action_dim, obs_shape=tuple(obs_shape))
     world_model, actor, critic = (net.to(device) for net in networks)
-    return DreamerV2Agent(world_model, actor, critic, agent, autocast=autocast, nan_policy=nan_policy)
+    regularizers = None
+    if ewc_lmbda > 0:
+        unknown = sorted(set(ewc_parts) - set(PARTS))
+        if unknown:
+            raise ValueError(f"ewc_parts has {unknown}; use a subset of {list(PARTS)}.")
+        modules = {"world_model": world_model, "actor": actor, "value": critic}
+        regularizers = {name: EWCPenalty(modules[name], lmbda=ewc_lmbda) for name in ewc_parts}
+    return DreamerV2Agent(world_model, actor, critic, agent, autocast=autocast, nan_policy=nan_policy,
+                          reward_penalty=reward_penalty, regularizers=regularizers)

@@ -16,10 +16,15 @@ Distribution parameters travel as one flat "stats" tensor per step:
 discrete latents store logits ``[..., stoch * classes]``; Gaussian latents store
 ``cat(mean, std)`` ``[..., 2 * stoch]``. :meth:`RSSM.kl` turns two stats tensors into a
 per-step KL divergence.
+
+Offline DV2 (Lu et al. 2023, V-D4RL) replaces the single prior head by an ensemble of
+``ensemble`` heads (``RSSM(..., ensemble=7)``); see :class:`RSSM` for how they are trained
+and :meth:`RSSM.ensemble_stats` for what the reward penalty reads.
 """
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Literal
 
 import torch
@@ -68,11 +73,106 @@ def straight_through_one_hot(logits: torch.Tensor) -> torch.Tensor:
     return one_hot + probs - probs.detach()
 
 
+@dataclass(frozen=True)
+class LatentSpec:
+    """What a stats tensor means: the latent kind and sizes of an :class:`RSSM`.
+
+    Lets code outside the RSSM (e.g. the reward-uncertainty penalty) read distributions
+    from stats tensors without holding the RSSM's weights (``rssm.latent_spec``).
+    """
+
+    latent: LatentKind = "discrete"
+    stoch: int = 32
+    classes: int = 32
+
+    @property
+    def stoch_dim(self) -> int:
+        """Size of a latent sample (``stoch * classes`` one-hot entries, or ``stoch``)."""
+        return self.stoch * self.classes if self.latent == "discrete" else self.stoch
+
+    def _logits(self, stats: torch.Tensor) -> torch.Tensor:
+        return stats.unflatten(-1, (self.stoch, self.classes))
+
+    def mean(self, stats: torch.Tensor) -> torch.Tensor:
+        """Mean of the latent ``[..., stoch_dim]``: class probabilities (flattened) or the Gaussian mean."""
+        if self.latent == "discrete":
+            return self._logits(stats).softmax(-1).flatten(-2)
+        return stats.chunk(2, -1)[0]
+
+    def variance(self, stats: torch.Tensor) -> torch.Tensor:
+        """Per-dimension variance ``[..., stoch_dim]``: ``p (1 - p)`` of each one-hot entry, or ``std^2``."""
+        if self.latent == "discrete":
+            probs = self._logits(stats).softmax(-1).flatten(-2)
+            return probs * (1 - probs)
+        return stats.chunk(2, -1)[1].pow(2)
+
+    def log_prob(self, stats: torch.Tensor, stoch: torch.Tensor) -> torch.Tensor:
+        """``ln p(stoch)`` summed over the latent dimensions, one value per step."""
+        if self.latent == "discrete":
+            log_p = self._logits(stats).log_softmax(-1)
+            return (self._logits(stoch) * log_p).sum((-1, -2))
+        mean, std = stats.chunk(2, -1)
+        return (-0.5 * ((stoch - mean) / std).pow(2) - std.log() - 0.5 * math.log(2 * math.pi)).sum(-1)
+
+
+class EnsemblePriorHeads(nn.Module):
+    """``heads`` prior heads ``deter -> Linear -> ELU -> Linear -> stats``, weights stacked per head.
+
+    Each head has the layout of the single prior head (``RSSM.img_out``) and the same
+    initialisation as ``nn.Linear`` (uniform in ``+-1/sqrt(fan_in)``), stored as
+    ``[heads, in, out]`` weights so that all heads (:meth:`forward`) or one head per step
+    (:meth:`select`) run as one batched matmul.
+    """
+
+    def __init__(self, heads: int, in_dim: int, hidden: int, out_dim: int):
+        super().__init__()
+        self.heads = heads
+        self.in_weight = nn.Parameter(torch.empty(heads, in_dim, hidden))
+        self.in_bias = nn.Parameter(torch.empty(heads, hidden))
+        self.out_weight = nn.Parameter(torch.empty(heads, hidden, out_dim))
+        self.out_bias = nn.Parameter(torch.empty(heads, out_dim))
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        for weight, bias in ((self.in_weight, self.in_bias), (self.out_weight, self.out_bias)):
+            bound = 1 / math.sqrt(weight.shape[1])
+            nn.init.uniform_(weight, -bound, bound)
+            nn.init.uniform_(bias, -bound, bound)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Every head: ``x [..., in] -> [..., heads, out]``."""
+        hidden = F.elu(torch.einsum("...d,edh->...eh", x, self.in_weight) + self.in_bias)
+        return torch.einsum("...eh,eho->...eo", hidden, self.out_weight) + self.out_bias
+
+    def select(self, x: torch.Tensor, head: torch.Tensor) -> torch.Tensor:
+        """One head: ``head`` a 0-d index for all of ``x [..., in]``, or ``[T]`` indices, one per
+        row of ``x [..., T, in]``. Only the chosen heads' weights enter the graph."""
+        if head.ndim == 0:
+            hidden = F.elu(x @ self.in_weight[head] + self.in_bias[head])
+            return hidden @ self.out_weight[head] + self.out_bias[head]
+        hidden = F.elu(torch.einsum("...td,tdh->...th", x, self.in_weight[head]) + self.in_bias[head])
+        return torch.einsum("...th,tho->...to", hidden, self.out_weight[head]) + self.out_bias[head]
+
+
 class RSSM(nn.Module):
     """DreamerV2 RSSM (Hafner et al. 2021, Sec. 2) with discrete or Gaussian latents.
 
     Prior (dynamics):   ``h_t = GRU(h_{t-1}, ELU(W[z_{t-1}, a_{t-1}]))``, ``z_t ~ p(z | h_t)``.
     Posterior:          ``z_t ~ q(z | h_t, e_t)`` where ``e_t`` is the image embedding.
+
+    Ensemble of prior heads (Offline DV2, Lu et al. 2023): with ``ensemble = E > 0`` the
+    prior ``p(z_t | h_t)`` has ``E`` heads (:class:`EnsemblePriorHeads`, module
+    ``img_out_ensemble``, replacing ``img_out``), as V-D4RL's ``EnsembleRSSM``
+    (``offlinedv2/dreamerv2/common/nets.py``, 7 heads in its ``configs.yaml``). As there,
+    every prior step draws ONE head uniformly at random, shared by the whole batch: its
+    ``img_step`` draws ``tf.random.uniform((), 0, ensemble)`` at each call, and ``observe``
+    calls ``img_step`` once per time step, so during world-model training each time step of
+    a batch uses (and trains, through the KL) a random head, and each imagination step
+    samples the next state from a random head. :meth:`observe` draws the ``T`` heads of a
+    sequence at once (``[T]`` indices) and :meth:`img_step` one per call. All heads are
+    read only by :meth:`ensemble_stats` (the reward penalty's disagreement). With
+    ``ensemble = 0`` (default) there is one head and no random draw: parameters, state_dict
+    keys and numbers are those of the plain DreamerV2 RSSM.
 
     Args:
         action_dim: size of the action vector.
@@ -88,6 +188,7 @@ class RSSM(nn.Module):
         hidden: size of the MLP layers around the GRU.
         norm_gru: LayerNorm inside the GRU.
         min_std: lower bound of the Gaussian scale.
+        ensemble: number of prior heads for Offline DV2 (0: the single DreamerV2 head).
     """
 
     def __init__(
@@ -102,10 +203,15 @@ class RSSM(nn.Module):
         hidden: int = 600,
         norm_gru: bool = True,
         min_std: float = 0.1,
+        ensemble: int = 0,
     ):
         super().__init__()
         if latent not in ("discrete", "gaussian"):
             raise ValueError(f"latent={latent!r} is not a latent kind; use 'discrete' or 'gaussian'.")
+        if isinstance(ensemble, bool) or not isinstance(ensemble, int) or ensemble < 0:
+            raise ValueError(f"ensemble={ensemble!r}; use 0 (one prior head) or the number of prior heads "
+                             f"(7 in Offline DV2).")
+        self.ensemble = ensemble
         self.latent = latent
         self.action_dim = action_dim
         self.stoch, self.classes, self.deter, self.min_std = stoch, classes, deter, min_std
@@ -115,7 +221,10 @@ class RSSM(nn.Module):
 
         self.img_in = nn.Sequential(nn.Linear(self.stoch_dim + action_dim, hidden), nn.ELU())
         self.gru = GRUCell(hidden, deter, norm=norm_gru)
-        self.img_out = nn.Sequential(nn.Linear(deter, hidden), nn.ELU(), nn.Linear(hidden, self.stats_dim))
+        if ensemble:
+            self.img_out_ensemble = EnsemblePriorHeads(ensemble, deter, hidden, self.stats_dim)
+        else:
+            self.img_out = nn.Sequential(nn.Linear(deter, hidden), nn.ELU(), nn.Linear(hidden, self.stats_dim))
         # The posterior's first layer reads [h, e]; it is split so that the embedding
         # half is computed for a whole sequence in one matmul before the time loop.
         self.obs_in_deter = nn.Linear(deter, hidden)
@@ -127,6 +236,11 @@ class RSSM(nn.Module):
         """Zero ``(stoch, deter)`` for a batch."""
         kw = dict(device=device, dtype=dtype)
         return torch.zeros(*batch_shape, self.stoch_dim, **kw), torch.zeros(*batch_shape, self.deter, **kw)
+
+    @property
+    def latent_spec(self) -> LatentSpec:
+        """The latent kind and sizes (what a stats tensor means)."""
+        return LatentSpec(self.latent, self.stoch, self.classes)
 
     def _stats(self, raw: torch.Tensor) -> torch.Tensor:
         if self.latent == "discrete":
@@ -178,18 +292,44 @@ class RSSM(nn.Module):
         """Deterministic step ``h_t = GRU(h_{t-1}, ELU(W[z_{t-1}, a_{t-1}]))``."""
         return self.gru(self.img_in(torch.cat([stoch, action], -1)), deter)
 
-    def prior(self, deter: torch.Tensor) -> torch.Tensor:
-        """Prior stats ``p(z_t | h_t)``."""
-        return self._stats(self.img_out(deter))
+    def prior(self, deter: torch.Tensor, head: torch.Tensor | None = None) -> torch.Tensor:
+        """Prior stats ``p(z_t | h_t)``.
+
+        With an ensemble, ``head`` chooses the head: a 0-d index for all of ``deter``, or
+        ``[T]`` indices, one per row of ``deter [..., T, deter]``; ``None`` draws one head
+        uniformly at random for the call (V-D4RL's ``img_step``). Ignored without an ensemble.
+        """
+        if not self.ensemble:
+            return self._stats(self.img_out(deter))
+        if head is None:
+            head = self.sample_heads((), deter.device)
+        return self._stats(self.img_out_ensemble.select(deter, head))
+
+    def sample_heads(self, shape: tuple[int, ...] = (), device=None) -> torch.Tensor:
+        """Uniform random prior-head indices (on ``device``: no host sync)."""
+        if not self.ensemble:
+            raise ValueError("this RSSM has one prior head (ensemble=0); build it with ensemble > 0.")
+        return torch.randint(self.ensemble, shape, device=device)
+
+    def ensemble_stats(self, deter: torch.Tensor) -> torch.Tensor:
+        """Every prior head's stats at ``deter [..., deter]``: ``[..., ensemble, stats_dim]``."""
+        if not self.ensemble:
+            raise ValueError("ensemble_stats needs an ensemble of prior heads; build the RSSM with ensemble > 0 "
+                             "(ModelConfig.ensemble, 7 in Offline DV2).")
+        return self._stats(self.img_out_ensemble(deter))
 
     def posterior(self, deter: torch.Tensor, embed_proj: torch.Tensor) -> torch.Tensor:
         """Posterior stats ``q(z_t | h_t, e_t)`` from ``embed_proj = project_embedding(e_t)``."""
         return self._stats(self.obs_out(self.obs_in_deter(deter) + embed_proj))
 
-    def img_step(self, stoch: torch.Tensor, deter: torch.Tensor, action: torch.Tensor):
-        """One imagination step: returns ``(deter, prior_stats, stoch)`` with a sampled ``stoch``."""
+    def img_step(self, stoch: torch.Tensor, deter: torch.Tensor, action: torch.Tensor,
+                 head: torch.Tensor | None = None):
+        """One imagination step: returns ``(deter, prior_stats, stoch)`` with a sampled ``stoch``.
+
+        With an ensemble the prior is one head, random per call unless ``head`` is given.
+        """
         deter = self.transition(stoch, deter, action)
-        stats = self.prior(deter)
+        stats = self.prior(deter, head)
         return deter, stats, self.sample(stats)
 
     def project_embedding(self, embed: torch.Tensor) -> torch.Tensor:
@@ -231,7 +371,8 @@ class RSSM(nn.Module):
             state: ``(stoch, deter)`` before step 0; zeros by default.
 
         Returns:
-            dict of ``[B, T, ...]`` tensors: ``stoch``, ``deter``, ``post_stats``, ``prior_stats``.
+            dict of ``[B, T, ...]`` tensors: ``stoch``, ``deter``, ``post_stats``, ``prior_stats``
+            (with an ensemble: one random head per time step, shared by the batch).
         """
         batch, steps = embed.shape[:2]
         stoch, deter = state if state is not None else self.initial((batch,), embed.device, embed.dtype)
@@ -248,9 +389,10 @@ class RSSM(nn.Module):
             post_stats.append(stats)
         deter = torch.stack(deters, 1)
         # The prior is not on the recurrent path: compute it for all steps at once.
+        head = self.sample_heads((steps,), embed.device) if self.ensemble else None
         return {
             "stoch": torch.stack(stochs, 1),
             "deter": deter,
             "post_stats": torch.stack(post_stats, 1),
-            "prior_stats": self.prior(deter),
+            "prior_stats": self.prior(deter, head),
         }

@@ -248,8 +248,12 @@ def make_world_model(
     reward_layers: int = 4,
     discount_head: bool = False,
     obs_key="pixels",
+    ensemble: int = 0,
 ) -> WorldModel:
-    """Build a :class:`WorldModel` for image (``[3, 64, 64]``) or vector (``[D]``) observations."""
+    """Build a :class:`WorldModel` for image (``[3, 64, 64]``) or vector (``[D]``) observations.
+
+    ``ensemble`` > 0 gives the RSSM that many prior heads (Offline DV2; see :class:`RSSM`).
+    """
     if len(obs_shape) == 3:
         encoder = ConvEncoder(depth=cnn_depth, in_channels=obs_shape[0], image_size=obs_shape[-1])
     elif len(obs_shape) == 1:
@@ -257,7 +261,7 @@ def make_world_model(
     else:
         raise ValueError(f"obs_shape={obs_shape} is neither an image [C, H, W] nor a vector [D].")
     rssm = RSSM(action_dim, encoder.embed_dim, latent=latent, stoch=stoch, classes=classes, deter=deter,
-                hidden=hidden, norm_gru=norm_gru)
+                hidden=hidden, norm_gru=norm_gru, ensemble=ensemble)
     if len(obs_shape) == 3:
         decoder = ConvDecoder(rssm.feature_dim, depth=cnn_depth, out_channels=obs_shape[0])
     else:

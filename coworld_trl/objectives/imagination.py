@@ -8,6 +8,7 @@ Imagined trajectories use the TED layout of the rest of the library::
     next.features  s_1      s_2           s_H         (prior samples)
     next.reward    r(s_1)   r(s_2)        r(s_H)
     next.discount  g(s_1)   g(s_2)        g(s_H)      (gamma * continuation)
+    next.ensemble_stats  [E heads' prior stats at s_1 .. s_H]  (RSSMs with an ensemble only)
 
 so that ``R_k = r_{k+1} + g_{k+1} ((1 - lambda) v(s_{k+1}) + lambda R_{k+1})`` with
 ``R_{H-1} = r_H + g_H v(s_H)``. (DreamerV2 also sums the reward of the start state,
@@ -37,6 +38,9 @@ class ImaginedKeys:
         policy_params: the library :class:`~coworld_trl.modules.Actor`'s distribution
             parameters at ``s_k`` (written for that actor only).
         next_features, reward, discount: ``s_{k+1}``, ``r(s_{k+1})``, ``gamma c(s_{k+1})``.
+        ensemble_stats: every prior head's stats at ``s_{k+1}``, ``[N, H, E, stats_dim]``
+            (written when the RSSM has an ensemble of prior heads; Offline DV2's reward
+            penalty reads it).
     """
 
     features: NestedKey = "features"
@@ -45,6 +49,7 @@ class ImaginedKeys:
     next_features: NestedKey = ("next", "features")
     reward: NestedKey = ("next", "reward")
     discount: NestedKey = ("next", "discount")
+    ensemble_stats: NestedKey = ("next", "ensemble_stats")
 
 
 def imagine(
@@ -80,9 +85,16 @@ def imagine(
             when the model has one.
         keys: where to write the trajectory (:class:`ImaginedKeys`).
 
+    With an ensemble of prior heads (``RSSM(ensemble=E)``) each step samples ``s_{k+1}``
+    from one random head (V-D4RL) and ``ensemble_stats`` holds all ``E`` heads' stats at
+    ``s_{k+1}``, with their graph in the imagined states (the reward penalty built on them
+    reaches the actor through the dynamics, as in V-D4RL where it is computed inside the
+    actor's gradient tape).
+
     Returns:
         TensorDict ``[N, H]`` with ``features``, ``action``, ``policy_params`` (library
-        actor only) and ``("next", ...)`` ``features``, ``reward``, ``discount``.
+        actor only) and ``("next", ...)`` ``features``, ``reward``, ``discount``, and
+        ``ensemble_stats`` with an ensemble.
 
     Examples:
         >>> imagined = imagine(world_model, actor, batch["stoch"], batch["deter"], horizon=15)
@@ -93,7 +105,7 @@ def imagine(
     rssm = world_model.rssm
     fast = isinstance(actor, Actor)
     stoch, deter = stoch.detach().flatten(0, -2), deter.detach().flatten(0, -2)
-    features, actions, policy_params = [rssm.features(stoch, deter)], [], []
+    features, actions, policy_params, deters = [rssm.features(stoch, deter)], [], [], []
     with hold_out_net(world_model):
         for _ in range(horizon):
             if fast:
@@ -104,6 +116,7 @@ def imagine(
                 action = policy_distribution(actor, features[-1].detach()).rsample()
             deter, _, stoch = rssm.img_step(stoch, deter, action)
             actions.append(action)
+            deters.append(deter)
             features.append(rssm.features(stoch, deter))
         features = torch.stack(features, 1)
         next_features = features[:, 1:]
@@ -115,6 +128,8 @@ def imagine(
             discount = gamma * torch.sigmoid(world_model.discount_head(heads_in))
         else:
             discount = torch.full_like(reward, gamma)
+        # All heads at once, after the loop (they are not on the recurrent path).
+        ensemble_stats = rssm.ensemble_stats(torch.stack(deters, 1)) if rssm.ensemble else None
     out = TensorDict(batch_size=[features.shape[0], horizon])
     out.set(keys.features, features[:, :-1])
     out.set(keys.action, torch.stack(actions, 1))
@@ -123,6 +138,8 @@ def imagine(
     out.set(keys.next_features, next_features)
     out.set(keys.reward, reward)
     out.set(keys.discount, discount)
+    if ensemble_stats is not None:
+        out.set(keys.ensemble_stats, ensemble_stats)
     return out
 
 
