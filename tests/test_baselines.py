@@ -499,3 +499,20 @@ def test_regularizer_and_ewc_errors_are_one_line(make_batch):
         make_dreamer_agent(TINY, FAST, action_dim=2, ewc_lmbda=1.0, ewc_parts=("encoder",))
     assert_one_line(err, "encoder")
     assert len(make_dreamer_agent(TINY, FAST, action_dim=2).regularizers) == 0  # ewc_lmbda=0: plain finetune
+
+
+def test_the_ensemble_and_penalty_trace_without_graph_breaks():
+    """Compile-friendly: random heads are tensor indices (no data-dependent Python int)."""
+    rssm = tiny_rssm("gaussian", ensemble=3)
+    penalty = RewardUncertaintyPenalty(rssm, kind="log_prob_ens")
+    ewc = EWCPenalty(rssm)
+
+    def step(stoch, deter, action):
+        deter, _, stoch = rssm.img_step(stoch, deter, action)
+        return penalty.uncertainty(rssm.ensemble_stats(deter), stoch) + ewc()["loss_ewc"]
+
+    def observe(embed, action, first):
+        return rssm.observe(embed, action, first)["prior_stats"]
+
+    torch.compile(step, fullgraph=True, backend="eager")(torch.randn(3, 4), torch.randn(3, 6), torch.randn(3, 2))
+    torch.compile(observe, fullgraph=True, backend="eager")(*sequence())

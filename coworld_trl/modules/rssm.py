@@ -147,11 +147,15 @@ class EnsemblePriorHeads(nn.Module):
     def select(self, x: torch.Tensor, head: torch.Tensor) -> torch.Tensor:
         """One head: ``head`` a 0-d index for all of ``x [..., in]``, or ``[T]`` indices, one per
         row of ``x [..., T, in]``. Only the chosen heads' weights enter the graph."""
+        # index_select with a tensor index: no data-dependent Python int (torch.compile traces it).
+        index = head.reshape(-1)
+        w_in, b_in, w_out, b_out = (p.index_select(0, index) for p in
+                                    (self.in_weight, self.in_bias, self.out_weight, self.out_bias))
         if head.ndim == 0:
-            hidden = F.elu(x @ self.in_weight[head] + self.in_bias[head])
-            return hidden @ self.out_weight[head] + self.out_bias[head]
-        hidden = F.elu(torch.einsum("...td,tdh->...th", x, self.in_weight[head]) + self.in_bias[head])
-        return torch.einsum("...th,tho->...to", hidden, self.out_weight[head]) + self.out_bias[head]
+            hidden = F.elu(x @ w_in[0] + b_in[0])
+            return hidden @ w_out[0] + b_out[0]
+        hidden = F.elu(torch.einsum("...td,tdh->...th", x, w_in) + b_in)
+        return torch.einsum("...th,tho->...to", hidden, w_out) + b_out
 
 
 class RSSM(nn.Module):
