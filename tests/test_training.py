@@ -237,7 +237,7 @@ def test_presets_are_the_yaml_files_and_each_schema_holds_only_what_its_recipe_r
         assert not hasattr(getattr(CoWorldConfig(), section), field)
     with pytest.raises(ValueError, match="'total_frames'"):
         coworld_config("quick", train=dict(total_frames=10))
-    with pytest.raises(ValueError, match="unknown benchmark 'atari'; use one of dmc, metaworld"):
+    with pytest.raises(ValueError, match="unknown coworld_benchmark 'atari'; use one of dmc, metaworld"):
         coworld_config("quick", benchmark="atari")
 
 

@@ -11,10 +11,12 @@ by plain Python through :func:`dreamer_config` and :func:`coworld_config`):
 
 * ``preset/<name>.yaml``: the DreamerV2 backbone (model, agent, data, collection) shared by
   every agent: ``paper`` (Table 7), ``reference`` (the official code), ``quick``;
-* ``dreamer_preset/<name>.yaml`` and ``coworld_preset/<name>.yaml``: what each agent adds to
-  the preset of the same name (run length, schedule, couplings, evaluation, checkpoints);
-* ``benchmark/<name>.yaml``: Table 7's per-benchmark CoWorld values (``dmc``, ``metaworld``),
-  applied before the preset so that ``reference`` replaces them with the official code's.
+* ``<agent>_preset/<name>.yaml`` (``dreamer``, ``coworld``, ``offline_dv2``, ``finetune``):
+  what each agent adds to the preset of the same name (run length, schedule, couplings,
+  evaluation, checkpoints);
+* ``<agent>_benchmark/<name>.yaml`` (``coworld``, ``finetune``): the paper's per-benchmark
+  values (``dmc``, ``metaworld``), applied before the preset so that ``reference`` replaces
+  them with the official code's and ``quick`` shortens them.
 """
 from __future__ import annotations
 
@@ -25,7 +27,13 @@ from typing import Any, Optional
 import yaml
 
 from coworld_trl.agents import AgentConfig, CouplingConfig, ModelConfig
-from coworld_trl.training.schedules import ScheduleConfig
+from coworld_trl.training.schedules import (
+    EWCConfig,
+    FinetuneScheduleConfig,
+    OfflineScheduleConfig,
+    ScheduleConfig,
+    UncertaintyConfig,
+)
 
 PRESET_DIR = Path(__file__).parent / "presets"
 PRESETS = ("paper", "reference", "quick")
@@ -130,17 +138,40 @@ class DreamerConfig(RunConfig):
 
 
 @dataclass
-class CoWorldConfig(RunConfig):
-    """``recipes/coworld_*.py``: the target env and its offline dataset, the source env(s),
-    couplings and schedule, on top of the shared model/agent sizes."""
+class OfflineRunConfig(RunConfig):
+    """What every agent of an offline target dataset reads: the target env (evaluation) and
+    its dataset."""
 
     target: EnvConfig = field(default_factory=lambda: EnvConfig(name="dmc/walker_downhill"))
-    sources: list = field(default_factory=lambda: ["dmc/walker_walk"])
     dataset: str = "datasets/dmc/walker_downhill/medium-replay"
     make_dataset_episodes: int = 0  # > 0: make a random dataset of that many episodes if missing
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
+@dataclass
+class CoWorldConfig(OfflineRunConfig):
+    """``recipes/coworld_*.py``: the source env(s), couplings and schedule of CoWorld."""
+
+    sources: list = field(default_factory=lambda: ["dmc/walker_walk"])
     coupling: CouplingConfig = field(default_factory=CouplingConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
+
+
+@dataclass
+class OfflineDV2Config(OfflineRunConfig):
+    """``recipes/offline_dv2_*.py``: Offline DV2's reward penalty and schedule."""
+
+    uncertainty: UncertaintyConfig = field(default_factory=UncertaintyConfig)
+    schedule: OfflineScheduleConfig = field(default_factory=OfflineScheduleConfig)
+
+
+@dataclass
+class FinetuneConfig(OfflineRunConfig):
+    """``recipes/finetune_*.py``: DV2 Finetune (+ EWC): the source env, EWC, schedule."""
+
+    source: str = "dmc/walker_walk"
+    ewc: EWCConfig = field(default_factory=EWCConfig)
+    schedule: FinetuneScheduleConfig = field(default_factory=FinetuneScheduleConfig)
 
 
 @dataclass
@@ -165,7 +196,11 @@ class CollectDatasetConfig(DreamerConfig):
 
 # Each recipe's schema, by the name its YAML's defaults list uses.
 SCHEMAS: dict[str, type] = {"dreamer_schema": DreamerConfig, "coworld_schema": CoWorldConfig,
+                            "offline_dv2_schema": OfflineDV2Config, "finetune_schema": FinetuneConfig,
                             "collect_schema": CollectDatasetConfig}
+# The preset groups each schema composes, in the recipes' defaults-list order.
+AGENTS: dict[type, str] = {DreamerConfig: "dreamer", CoWorldConfig: "coworld", OfflineDV2Config: "offline_dv2",
+                           FinetuneConfig: "finetune"}
 
 
 def _merge(config, overrides: dict[str, Any]):
@@ -190,23 +225,32 @@ def read_preset(group: str, name: str) -> dict[str, Any]:
     return yaml.safe_load(path.read_text()) or {}
 
 
+def recipe_config(schema: type, preset: str = "paper", benchmark: str | None = None, **overrides: dict[str, Any]):
+    """A recipe's config in plain Python, composed as its YAML's defaults list does: the
+    benchmark's values (agents that have them), the DreamerV2 preset, the agent's part of the
+    preset, then per-section ``overrides``."""
+    agent = AGENTS[schema]
+    config = schema()
+    if (PRESET_DIR / f"{agent}_benchmark").is_dir():
+        _merge(config, read_preset(f"{agent}_benchmark", benchmark or "dmc"))
+    elif benchmark is not None:
+        raise ValueError(f"{schema.__name__} has no benchmark presets; leave benchmark unset")
+    _merge(config, read_preset("preset", preset))
+    _merge(config, read_preset(f"{agent}_preset", preset))
+    return _merge(config, overrides)
+
+
 def dreamer_config(preset: str = "paper", **overrides: dict[str, Any]) -> DreamerConfig:
     """A :class:`DreamerConfig` for ``preset`` with optional per-section overrides.
 
     Example: ``dreamer_config("quick", train={"total_frames": 2000})``.
     """
-    config = _merge(DreamerConfig(), read_preset("preset", preset))
-    _merge(config, read_preset("dreamer_preset", preset))
-    return _merge(config, overrides)
+    return recipe_config(DreamerConfig, preset, **overrides)
 
 
 def coworld_config(preset: str = "paper", benchmark: str = "dmc", **overrides: dict[str, Any]) -> CoWorldConfig:
-    """A :class:`CoWorldConfig` as the recipes compose it: the benchmark's Table 7 values, the
-    DreamerV2 preset, CoWorld's part of the preset, then ``overrides``."""
-    config = _merge(CoWorldConfig(), read_preset("benchmark", benchmark))
-    _merge(config, read_preset("preset", preset))
-    _merge(config, read_preset("coworld_preset", preset))
-    return _merge(config, overrides)
+    """A :class:`CoWorldConfig` as the recipes compose it (``benchmark``: ``dmc`` or ``metaworld``)."""
+    return recipe_config(CoWorldConfig, preset, benchmark, **overrides)
 
 
 def to_dict(config) -> dict[str, Any]:
@@ -255,12 +299,24 @@ def validate(config) -> None:
          f"logger.log_every_updates={config.logger.log_every_updates} must be >= 1"),
         (config.eval.episodes >= 1, f"eval.episodes={config.eval.episodes} must be >= 1"),
     ]
+    checks += _agent_checks(config)
+    for ok, message in checks:
+        if not ok:
+            raise ValueError(message)
+
+
+def _agent_checks(config) -> list[tuple[bool, str]]:
+    from coworld_trl.envs import env_info
+    from coworld_trl.training.schedules.baselines import EWC_PARTS, UNCERTAINTY_KINDS
+
+    train, schedule = config.train, getattr(config, "schedule", None)
     if isinstance(config, DreamerConfig):
-        checks.append((train.total_frames > train.prefill_frames,
-                       f"train.total_frames={train.total_frames} must exceed train.prefill_frames={train.prefill_frames}"))
-    else:
-        schedule, coupling = config.schedule, config.coupling
-        checks += [
+        return [(train.total_frames > train.prefill_frames,
+                 f"train.total_frames={train.total_frames} must exceed train.prefill_frames={train.prefill_frames}")]
+    if isinstance(config, CoWorldConfig):
+        for name in config.sources:
+            env_info(name)
+        return [
             (len(config.sources) >= 1,
              "sources is empty; give at least one source env, e.g. sources=[dmc/walker_walk]"),
             (schedule.rounds >= 1, f"schedule.rounds={schedule.rounds} must be >= 1"),
@@ -268,11 +324,32 @@ def validate(config) -> None:
             (schedule.online_updates >= 0, f"schedule.online_updates={schedule.online_updates} must be >= 0"),
             (min(schedule.warmup_rounds, schedule.warmup_world_model_updates, schedule.warmup_online_updates) >= 0,
              "schedule.warmup_rounds, warmup_world_model_updates and warmup_online_updates must be >= 0"),
-            (coupling.value_constraint in ("max", "linear", "none"),
-             f"coupling.value_constraint={coupling.value_constraint!r}; use max, linear or none"),
+            (config.coupling.value_constraint in ("max", "linear", "none"),
+             f"coupling.value_constraint={config.coupling.value_constraint!r}; use max, linear or none"),
         ]
-        for name in config.sources:
-            env_info(name)
-    for ok, message in checks:
-        if not ok:
-            raise ValueError(message)
+    if isinstance(config, OfflineDV2Config):
+        uncertainty = config.uncertainty
+        return [
+            (schedule.updates >= 1, f"schedule.updates={schedule.updates} must be >= 1"),
+            (schedule.world_model_updates >= 0,
+             f"schedule.world_model_updates={schedule.world_model_updates} must be >= 0"),
+            (uncertainty.kind in UNCERTAINTY_KINDS,
+             f"uncertainty.kind={uncertainty.kind!r}; use one of {', '.join(UNCERTAINTY_KINDS)}"),
+            (uncertainty.lmbda >= 0, f"uncertainty.lmbda={uncertainty.lmbda} must be >= 0"),
+            (uncertainty.lmbda == 0 or config.model.ensemble >= 2,
+             f"uncertainty.lmbda={uncertainty.lmbda} needs an ensemble of prior heads: set model.ensemble >= 2 "
+             f"(7 in V-D4RL) or uncertainty.lmbda=0"),
+        ]
+    if isinstance(config, FinetuneConfig):
+        env_info(config.source)
+        ewc = config.ewc
+        return [
+            (schedule.pretrain_frames > train.prefill_frames,
+             f"schedule.pretrain_frames={schedule.pretrain_frames} must exceed train.prefill_frames="
+             f"{train.prefill_frames}"),
+            (schedule.finetune_updates >= 1, f"schedule.finetune_updates={schedule.finetune_updates} must be >= 1"),
+            (ewc.lmbda >= 0, f"ewc.lmbda={ewc.lmbda} must be >= 0"),
+            (ewc.lmbda == 0 or ewc.fisher_batches >= 1, f"ewc.fisher_batches={ewc.fisher_batches} must be >= 1"),
+            (set(ewc.parts) <= set(EWC_PARTS), f"ewc.parts={list(ewc.parts)}; use a subset of {list(EWC_PARTS)}"),
+        ]
+    return []

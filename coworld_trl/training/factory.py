@@ -98,12 +98,14 @@ def open_target_dataset(config) -> OfflineDataset:
     return dataset
 
 
-def dataset_sampler(dataset: OfflineDataset, data: DataConfig, *, action_dim: int,
+def dataset_sampler(dataset: OfflineDataset, data: DataConfig, *, env_name: str, action_dim: int,
                     device: torch.device) -> Callable[[], TensorDictBase]:
-    """``() -> [B, T]`` dataset sequences on ``device``, actions zero-padded to ``action_dim``."""
-    if dataset.metadata.action_dim > action_dim:
-        raise DatasetError(f"{dataset.path} has {dataset.metadata.action_dim}-d actions, but the agent takes "
-                           f"{action_dim}-d; use a dataset of the target env.")
+    """``() -> [B, T]`` sequences of ``env_name``'s dataset on ``device``, actions zero-padded to
+    the agent's ``action_dim`` (the widest of the run's domains)."""
+    env_dim = env_info(env_name).action_dim
+    if dataset.metadata.action_dim not in (env_dim, action_dim):
+        raise DatasetError(f"{dataset.path} has {dataset.metadata.action_dim}-d actions, but {env_name} takes "
+                           f"{env_dim}-d; use a dataset of {env_name}.")
     buffer = dataset.replay_buffer(batch_size=data.batch_size, seq_len=data.seq_len, prefetch=2)
     pad = action_dim - dataset.metadata.action_dim
 

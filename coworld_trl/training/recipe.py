@@ -21,6 +21,9 @@ def hydra_recipe(config_name: str, config_dir: str | Path, run: Callable, schema
     from omegaconf import OmegaConf
 
     register_hydra_schemas()
+    # DV2 Finetune and DV2 Finetune + EWC get separate run folders by default.
+    OmegaConf.register_new_resolver("ewc_suffix", lambda lmbda: f"_ewc{float(lmbda):g}" if float(lmbda) > 0 else "",
+                                    replace=True)
 
     @hydra.main(config_path=str(Path(config_dir).resolve()), config_name=config_name, version_base=None)
     def main(cfg) -> None:

@@ -1,140 +1,15 @@
-"""What differs between agents: their schedules. Everything else is the :class:`~coworld_trl.
-training.experiment.Experiment`'s.
-
-* :class:`OnlineDreamer`: DreamerV2's online loop.
-* :class:`CoWorld`: Algorithm 1 of the paper.
-
-A schedule builds its envs, data, replays and agent through :mod:`coworld_trl.training.factory`,
-keeps its counters in ``progress`` (checkpointed by the experiment), hands every update's
-metrics to :meth:`Experiment.record` and calls :meth:`Experiment.tick` wherever a checkpoint is
-consistent.
-"""
+"""CoWorld's schedule: Algorithm 1 of the paper."""
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from coworld_trl.data import DatasetError
+from coworld_trl.training.schedules.online import OnlineSource, Progress, compile_networks
 
 if TYPE_CHECKING:
     from coworld_trl.training.experiment import Experiment
 
-log = logging.getLogger(__name__)
 
-
-@dataclass
-class Progress:
-    """Counters every schedule has: updates of any agent, env frames collected, skipped updates."""
-
-    updates: int = 0
-    frames: int = 0
-    skipped_updates: int = 0
-    finished: bool = False
-
-
-def _compile(agent) -> None:
-    agent.world_model.encoder.compile()
-    agent.world_model.decoder.compile()
-
-
-def _shutdown(collector) -> None:
-    if hasattr(collector, "shutdown"):
-        collector.shutdown()
-
-
-# ======================================================================= online DreamerV2
-@dataclass
-class OnlineProgress(Progress):
-    episodes: int = 0
-
-
-class OnlineDreamer:
-    """DreamerV2's online loop (Hafner et al. 2021):
-
-    ``until total_frames: collect train_every steps -> store -> updates_per_train updates``,
-    random actions until ``prefill_frames`` are stored. Reads a
-    :class:`~coworld_trl.training.config.DreamerConfig`.
-    """
-
-    def __init__(self):
-        self.progress = OnlineProgress()
-        self._collector = None
-
-    def open_inputs(self, config) -> None:
-        """Online DreamerV2 reads no dataset."""
-
-    def build(self, experiment: "Experiment"):
-        from coworld_trl.agents import make_dreamer_agent
-        from coworld_trl.training.config import action_repeat
-        from coworld_trl.training.factory import make_replay, make_run_env
-
-        config = self.config = experiment.config
-        self.frames_per_step = action_repeat(config.env)
-        probe = make_run_env(config.env, config.train.seed)
-        action_dim, obs_shape = probe.action_spec.shape[-1], tuple(probe.observation_spec["pixels"].shape)
-        probe.close()
-        self.agent = make_dreamer_agent(config.model, config.agent, action_dim=action_dim, obs_shape=obs_shape,
-                                        device=experiment.device, autocast=config.train.autocast,
-                                        nan_policy=config.train.nan_policy)
-        if config.train.compile:
-            _compile(self.agent)
-        self.replay = make_replay(experiment.run_dir.path / "replay", config.data)
-        return self.agent
-
-    def evaluated(self):
-        return self.agent, self.config.env.name
-
-    def eval_count(self) -> int:
-        return self.progress.updates
-
-    def log_step(self) -> int:
-        return self.progress.frames
-
-    def bar(self) -> tuple[int, int, str]:
-        return self.config.train.total_frames, self.progress.frames, "frame"
-
-    def run(self, experiment: "Experiment") -> None:
-        from coworld_trl.training.factory import collector_seed, make_collector, make_run_env
-
-        config, p, agent = self.config, self.progress, self.agent
-        train = config.train
-        env = make_run_env(config.env, collector_seed(train.seed))
-        random_steps = max(train.prefill_frames - p.frames, 0) // self.frames_per_step
-        self._collector = make_collector(env, agent, random_steps=random_steps, steps_per_batch=train.train_every,
-                                         device=experiment.device)
-        experiment.set_phase("online")
-        for batch in self._collector:
-            # 1. store what the acting policy just collected
-            experiment.collected(batch, frames=batch.numel() * self.frames_per_step)
-            self.replay.extend(batch)
-            p.episodes += int(batch["next", "done"].sum())
-            # 2. learn: world model, then actor and critic in imagination
-            if p.frames >= train.prefill_frames:
-                for _ in range(train.updates_per_train):
-                    batch = self.replay.sample(config.data.batch_size).to(experiment.device)
-                    experiment.record("", agent.update(batch))
-            # 3. log, evaluate, checkpoint when due
-            experiment.tick()
-            if p.frames >= train.total_frames or experiment.stop_requested:
-                break
-
-    def state_dict(self) -> dict:
-        return {"replay": self.replay.state_dict()}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.replay.load_state_dict(state["replay"])
-
-    def discard_files(self) -> None:
-        self.replay.discard_files()
-
-    def close(self) -> None:
-        if self._collector is not None:
-            _shutdown(self._collector)
-            self._collector = None
-
-
-# ==================================================================== CoWorld, Algorithm 1
 @dataclass
 class ScheduleConfig:
     """Algorithm 1's phases. A source update follows every ``train.train_every`` source env steps.
@@ -194,7 +69,6 @@ class CoWorld:
 
     def __init__(self):
         self.progress = CoWorldProgress()
-        self._collectors: dict[int, tuple] = {}
 
     # ----------------------------------------------------------------- setup
     def open_inputs(self, config) -> None:
@@ -206,17 +80,12 @@ class CoWorld:
         from coworld_trl.agents import make_coworld_agent
         from coworld_trl.envs import env_info
         from coworld_trl.training.config import action_repeat
-        from coworld_trl.training.factory import dataset_sampler, make_replay
+        from coworld_trl.training.factory import dataset_sampler
 
         config = self.config = experiment.config
         self.device = experiment.device
-        dataset = self.dataset
         # One action space for every domain: the widest, the others padded (ignored dims).
-        dims = {name: env_info(name).action_dim for name in [config.target.name, *config.sources]}
-        action_dim = max(dims.values())
-        if dataset.metadata.action_dim not in (dims[config.target.name], action_dim):
-            raise DatasetError(f"{dataset.path} has {dataset.metadata.action_dim}-d actions, but "
-                               f"{config.target.name} takes {dims[config.target.name]}-d.")
+        action_dim = max(env_info(name).action_dim for name in [config.target.name, *config.sources])
         self.frames_per_step = action_repeat(config.target)
         size = config.target.image_size
         self.agent = make_coworld_agent(config.model, config.agent, config.coupling, action_dim=action_dim,
@@ -226,10 +95,13 @@ class CoWorld:
                                         eta_steps_default=max(config.schedule.relabelled_updates(), 1))
         if config.train.compile:
             for agent in (self.agent.target, *self.agent.sources):
-                _compile(agent)
-        self.sample_target = dataset_sampler(dataset, config.data, action_dim=action_dim, device=self.device)
-        self.replays = [make_replay(experiment.run_dir.path / f"replay_source{index}", config.data)
-                        for index in range(len(config.sources))]
+                compile_networks(agent)
+        self.sample_target = dataset_sampler(self.dataset, config.data, env_name=config.target.name,
+                                             action_dim=action_dim, device=self.device)
+        self.source_envs = [
+            OnlineSource(experiment, source, env_name=name, env=config.target, label=f"source{index}",
+                         seed=config.train.seed + 1 + index * 1_000, action_dim=action_dim)
+            for index, (source, name) in enumerate(zip(self.agent.sources, config.sources))]
         return self.agent
 
     def evaluated(self):
@@ -282,8 +154,8 @@ class CoWorld:
         per_source = self._pretrain_iterations()
         for index in range(len(self.agent.sources)):
             while p.phase_updates < (index + 1) * per_source:
-                self._collect(experiment, index)
-                if len(self.replays[index]) * self.frames_per_step >= self.config.train.prefill_frames:
+                self.source_envs[index].collect(experiment)
+                if self.source_envs[index].prefilled:
                     self._source_update(experiment, index, relabel=False)
                 p.phase_updates += 1
                 p.iterations += 1
@@ -313,32 +185,15 @@ class CoWorld:
         p = self.progress
         experiment.set_phase(f"{p.phase} {p.round + 1}")
         while p.phase_updates < updates:
-            self._collect(experiment, self.agent.active_source)
+            self.source_envs[self.agent.active_source].collect(experiment)
             self._source_update(experiment, self.agent.active_source, relabel=True)
             p.phase_updates += 1
             p.iterations += 1
             experiment.tick()
 
     # ----------------------------------------------------------------- pieces
-    def _collect(self, experiment: "Experiment", index: int) -> None:
-        """``train_every`` steps of source ``index`` into its replay (random until prefilled)."""
-        from coworld_trl.training.factory import collector_seed, make_collector, make_run_env
-
-        if index not in self._collectors:
-            config = self.config
-            stored = len(self.replays[index]) * self.frames_per_step
-            random_steps = max(config.train.prefill_frames - stored, 0) // self.frames_per_step
-            env = make_run_env(config.target, collector_seed(config.train.seed + 1 + index * 1_000),
-                               name=config.sources[index], action_dim=self.agent.target.world_model.action_dim)
-            collector = make_collector(env, self.agent.sources[index], random_steps=random_steps,
-                                       steps_per_batch=config.train.train_every, device=self.device)
-            self._collectors[index] = (collector, iter(collector))
-        batch = next(self._collectors[index][1])
-        self.replays[index].extend(batch)
-        experiment.collected(batch, frames=batch.numel() * self.frames_per_step, name=f"source{index}")
-
     def _source_update(self, experiment: "Experiment", index: int, *, relabel: bool) -> None:
-        source_batch = self.replays[index].sample(self.config.data.batch_size).to(self.device)
+        source_batch = self.source_envs[index].sample()
         target_batch = self.sample_target() if relabel else None
         metrics = self.agent.source_update(source_batch, target_batch, index)
         self.progress.source_updates += 1
@@ -349,17 +204,16 @@ class CoWorld:
         experiment.save()
 
     def state_dict(self) -> dict:
-        return {"replays": [replay.state_dict() for replay in self.replays]}
+        return {"replays": [source.state_dict() for source in self.source_envs]}
 
     def load_state_dict(self, state: dict) -> None:
-        for replay, replay_state in zip(self.replays, state["replays"]):
-            replay.load_state_dict(replay_state)
+        for source, replay_state in zip(self.source_envs, state["replays"]):
+            source.load_state_dict(replay_state)
 
     def discard_files(self) -> None:
-        for replay in self.replays:
-            replay.discard_files()
+        for source in self.source_envs:
+            source.discard_files()
 
     def close(self) -> None:
-        for collector, _ in self._collectors.values():
-            _shutdown(collector)
-        self._collectors.clear()
+        for source in self.source_envs:
+            source.close()

@@ -1,0 +1,266 @@
+"""The paper's DreamerV2 baselines (Tables 2-4, Appendix D) as schedules.
+
+* :class:`OfflineDreamer`: Offline DV2 (Lu et al. 2023, V-D4RL): DreamerV2 on the offline
+  dataset only, its imagined rewards penalised by the disagreement of an ensemble of prior
+  heads; without the ensemble and penalty it is the plain offline DreamerV2.
+* :class:`Finetune`: DV2 Finetune: online DreamerV2 pretraining in the source env, then every
+  network finetuned on the offline target dataset; with ``ewc.lmbda`` > 0, DV2 Finetune + EWC
+  (Kirkpatrick et al. 2017): the Fisher of the source agent is estimated on source replay
+  batches at the end of pretraining and anchors the finetuning.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from coworld_trl.training.schedules.online import OnlineSource, Progress, compile_networks
+
+if TYPE_CHECKING:
+    from coworld_trl.training.experiment import Experiment
+
+UNCERTAINTY_KINDS = ("meandis", "log_prob_ens", "mixstd_mean")
+EWC_PARTS = ("world_model", "actor", "value")
+
+
+def _open_dataset(schedule, config) -> None:
+    from coworld_trl.training.factory import open_target_dataset
+
+    schedule.dataset = open_target_dataset(config)
+
+
+# ================================================================================ Offline DV2
+@dataclass
+class UncertaintyConfig:
+    """Offline DV2's reward penalty ``r_hat - lmbda * u`` on imagined rewards, ``u`` the
+    disagreement of ``model.ensemble`` prior heads.
+
+    ``kind``: ``meandis`` (the V-D4RL README's: mean distance of each head's prior mean to the
+    heads' average), ``log_prob_ens`` or ``mixstd_mean`` (the reference's other variants).
+    ``lmbda``: 10 in the V-D4RL README's command (its config default is 5); 0 turns it off.
+    """
+
+    kind: str = "meandis"
+    lmbda: float = 10.0
+
+
+@dataclass
+class OfflineScheduleConfig:
+    """``updates`` actor-critic updates on dataset sequences. ``world_model_updates`` > 0 is the
+    V-D4RL reference's two-stage schedule: that many world-model-only updates first, then the
+    actor and critic learn on the frozen world model; 0 trains all three at every update
+    (DreamerV2's train step)."""
+
+    updates: int = 300_000
+    world_model_updates: int = 0
+
+
+@dataclass
+class OfflineProgress(Progress):
+    phase: str = "world_model"  # world_model (two-stage only) -> behaviour, or joint; then done
+    world_model_updates: int = 0
+    behaviour_updates: int = 0
+
+
+class OfflineDreamer:
+    """Offline DV2: DreamerV2 on the offline dataset only, never acting in an env except to be
+    evaluated. Reads an :class:`~coworld_trl.training.config.OfflineDV2Config`;
+    ``eval.every_updates`` counts actor-critic updates."""
+
+    def __init__(self):
+        self.progress = OfflineProgress()
+
+    def open_inputs(self, config) -> None:
+        _open_dataset(self, config)
+
+    def build(self, experiment: "Experiment"):
+        from coworld_trl.agents import make_dreamer_agent
+        from coworld_trl.envs import env_info
+        from coworld_trl.objectives import RewardUncertaintyPenalty
+        from coworld_trl.training.factory import dataset_sampler
+
+        config = self.config = experiment.config
+        action_dim, size = env_info(config.target.name).action_dim, config.target.image_size
+        penalty = None
+        if config.uncertainty.lmbda > 0:
+            penalty = RewardUncertaintyPenalty(kind=config.uncertainty.kind, lmbda=config.uncertainty.lmbda)
+        self.agent = make_dreamer_agent(config.model, config.agent, action_dim=action_dim, obs_shape=(3, size, size),
+                                        device=experiment.device, autocast=config.train.autocast,
+                                        nan_policy=config.train.nan_policy, reward_penalty=penalty)
+        if config.train.compile:
+            compile_networks(self.agent)
+        self.sample = dataset_sampler(self.dataset, config.data, env_name=config.target.name, action_dim=action_dim,
+                                      device=experiment.device)
+        if config.schedule.world_model_updates == 0 and self.progress.phase == "world_model":
+            self.progress.phase = "joint"
+        return self.agent
+
+    def evaluated(self):
+        return self.agent, self.config.target.name
+
+    def eval_count(self) -> int:
+        return self.progress.behaviour_updates
+
+    def log_step(self) -> int:
+        return self.progress.updates
+
+    def bar(self) -> tuple[int, int, str]:
+        s = self.config.schedule
+        return s.world_model_updates + s.updates, self.progress.updates, "update"
+
+    def run(self, experiment: "Experiment") -> None:
+        s, p, agent = self.config.schedule, self.progress, self.agent
+        if p.phase == "world_model":
+            experiment.set_phase("world model")
+            while p.world_model_updates < s.world_model_updates:
+                experiment.record("", agent.update_world_model(self.sample()))
+                p.world_model_updates += 1
+                experiment.tick()
+            p.phase = "behaviour"
+            experiment.save()
+        experiment.set_phase(p.phase)
+        while p.behaviour_updates < s.updates:
+            batch = self.sample()
+            if p.phase == "behaviour":  # on the frozen world model
+                agent.observe(batch)
+                metrics = agent.update_behaviour(batch)
+            else:
+                metrics = agent.update(batch)
+                p.world_model_updates += 1
+            p.behaviour_updates += 1
+            experiment.record("", metrics)
+            experiment.tick()
+        p.phase = "done"
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
+
+    def discard_files(self) -> None:
+        """Nothing is written besides the checkpoint."""
+
+    def close(self) -> None:
+        pass
+
+
+# ========================================================================= DV2 Finetune (+ EWC)
+@dataclass
+class EWCConfig:
+    """DV2 Finetune + EWC: ``lmbda / 2 * sum_i F_i (theta_i - theta_src_i)^2`` added to the
+    finetuning losses of ``parts``, ``F`` the diagonal Fisher of the pretrained source agent's
+    losses over ``fisher_batches`` source replay batches. ``lmbda = 0`` is plain DV2 Finetune
+    (the paper gives no value)."""
+
+    lmbda: float = 0.0
+    fisher_batches: int = 50
+    parts: list = field(default_factory=lambda: ["world_model", "actor", "value"])
+
+
+@dataclass
+class FinetuneScheduleConfig:
+    """Appendix D: pretrain 600k / finetune 600k steps on DMC, 160k / 300k on Meta-World and
+    Meta-World -> RoboDesk; here pretraining counts source env frames and finetuning counts
+    updates on the offline target dataset."""
+
+    pretrain_frames: int = 600_000
+    finetune_updates: int = 600_000
+
+
+@dataclass
+class FinetuneProgress(Progress):
+    """``frames`` are the source env's; ``updates`` = ``source_updates`` + ``target_updates``."""
+
+    phase: str = "pretrain"  # pretrain -> consolidate (EWC only) -> finetune -> done
+    source_updates: int = 0
+    target_updates: int = 0
+    iterations: int = 0  # pretraining steps (collect, maybe update) and finetuning updates
+
+
+class Finetune:
+    """DV2 Finetune (+ EWC): one DreamerV2 agent, pretrained online in ``source``, then finetuned
+    on the target dataset. Different action dims: the wider one for both, the other padded (as
+    CoWorld). Reads a :class:`~coworld_trl.training.config.FinetuneConfig`; ``eval.every_updates``
+    counts finetuning updates."""
+
+    def __init__(self):
+        self.progress = FinetuneProgress()
+
+    def open_inputs(self, config) -> None:
+        _open_dataset(self, config)
+
+    def build(self, experiment: "Experiment"):
+        from coworld_trl.agents import make_dreamer_agent
+        from coworld_trl.envs import env_info
+        from coworld_trl.training.config import action_repeat
+        from coworld_trl.training.factory import dataset_sampler
+
+        config = self.config = experiment.config
+        action_dim = max(env_info(name).action_dim for name in (config.target.name, config.source))
+        size = config.target.image_size
+        self.agent = make_dreamer_agent(config.model, config.agent, action_dim=action_dim, obs_shape=(3, size, size),
+                                        device=experiment.device, autocast=config.train.autocast,
+                                        nan_policy=config.train.nan_policy,
+                                        ewc_lmbda=config.ewc.lmbda, ewc_parts=tuple(config.ewc.parts))
+        if config.train.compile:
+            compile_networks(self.agent)
+        self.frames_per_step = action_repeat(config.target)
+        self.source = OnlineSource(experiment, self.agent, env_name=config.source, env=config.target, label="source",
+                                   seed=config.train.seed + 1, action_dim=action_dim)
+        self.sample_target = dataset_sampler(self.dataset, config.data, env_name=config.target.name,
+                                             action_dim=action_dim, device=experiment.device)
+        return self.agent
+
+    def evaluated(self):
+        return self.agent, self.config.target.name
+
+    def eval_count(self) -> int:
+        return self.progress.target_updates
+
+    def log_step(self) -> int:
+        return self.progress.updates
+
+    def bar(self) -> tuple[int, int, str]:
+        s = self.config.schedule
+        pretrain = s.pretrain_frames // (self.frames_per_step * self.config.train.train_every)
+        return pretrain + s.finetune_updates, self.progress.iterations, "iteration"
+
+    def run(self, experiment: "Experiment") -> None:
+        s, p, agent = self.config.schedule, self.progress, self.agent
+        if p.phase == "pretrain":
+            experiment.set_phase("pretrain")
+            while p.frames < s.pretrain_frames:
+                self.source.collect(experiment)
+                if self.source.prefilled:
+                    experiment.record("source", agent.update(self.source.sample()))
+                    p.source_updates += 1
+                p.iterations += 1
+                experiment.tick()
+            self._next_phase(experiment, "consolidate" if self.config.ewc.lmbda > 0 else "finetune")
+        if p.phase == "consolidate":
+            experiment.set_phase("EWC Fisher")
+            agent.consolidate_ewc([self.source.sample() for _ in range(self.config.ewc.fisher_batches)])
+            self._next_phase(experiment, "finetune")
+        experiment.set_phase("finetune")
+        while p.target_updates < s.finetune_updates:
+            experiment.record("target", agent.update(self.sample_target()))
+            p.target_updates += 1
+            p.iterations += 1
+            experiment.tick()
+        p.phase = "done"
+
+    def _next_phase(self, experiment: "Experiment", phase: str) -> None:
+        self.progress.phase = phase
+        experiment.save()
+
+    def state_dict(self) -> dict:
+        return {"replay": self.source.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.source.load_state_dict(state["replay"])
+
+    def discard_files(self) -> None:
+        self.source.discard_files()
+
+    def close(self) -> None:
+        self.source.close()

@@ -1,0 +1,176 @@
+"""Online collection shared by every schedule that acts in an env, and online DreamerV2."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from tensordict import TensorDictBase
+
+if TYPE_CHECKING:
+    from coworld_trl.training.experiment import Experiment
+
+
+@dataclass
+class Progress:
+    """Counters every schedule has: updates of any agent, env frames collected, skipped updates."""
+
+    updates: int = 0
+    frames: int = 0
+    skipped_updates: int = 0
+    finished: bool = False
+
+
+def compile_networks(agent) -> None:
+    """``train.compile``: the encoder and decoder, the largest modules of an update."""
+    agent.world_model.encoder.compile()
+    agent.world_model.decoder.compile()
+
+
+class OnlineSource:
+    """One env feeding one agent's online replay (in the run directory): each :meth:`collect`
+    steps the env ``train.train_every`` agent steps with the agent's acting policy (random
+    actions until ``train.prefill_frames`` are stored) and stores them.
+
+    Args:
+        experiment: the running experiment (config, run directory, device).
+        agent: the acting DreamerV2 agent.
+        env_name: which env; rendered as ``env`` (an ``EnvConfig``) says.
+        env: the render settings.
+        label: its name in paths and metrics (``"source0"`` -> ``replay_source0/``,
+            ``train/source0_episode_return``; ``""`` -> ``replay/``, ``train/episode_return``).
+        seed: base seed of its env.
+        action_dim: the agent's action dim (the env's actions are padded to it).
+    """
+
+    def __init__(self, experiment: "Experiment", agent, *, env_name: str, env, label: str = "", seed: int,
+                 action_dim: int):
+        from coworld_trl.training.config import action_repeat
+        from coworld_trl.training.factory import make_replay
+
+        config = experiment.config
+        self.agent, self.env_name, self.env, self.label, self.seed = agent, env_name, env, label, seed
+        self.action_dim, self.device = action_dim, experiment.device
+        self.train, self.batch_size = config.train, config.data.batch_size
+        self.frames_per_step = action_repeat(env)
+        self.replay = make_replay(experiment.run_dir.path / (f"replay_{label}" if label else "replay"), config.data)
+        self._collector = None
+
+    @property
+    def stored_frames(self) -> int:
+        return len(self.replay) * self.frames_per_step
+
+    @property
+    def prefilled(self) -> bool:
+        return self.stored_frames >= self.train.prefill_frames
+
+    def collect(self, experiment: "Experiment") -> TensorDictBase:
+        """Collect and store one batch; the experiment counts its frames and logs finished episodes."""
+        if self._collector is None:
+            from coworld_trl.training.factory import collector_seed, make_collector, make_run_env
+
+            random_steps = max(self.train.prefill_frames - self.stored_frames, 0) // self.frames_per_step
+            env = make_run_env(self.env, collector_seed(self.seed), name=self.env_name, action_dim=self.action_dim)
+            collector = make_collector(env, self.agent, random_steps=random_steps,
+                                       steps_per_batch=self.train.train_every, device=self.device)
+            self._collector = (collector, iter(collector))
+        batch = next(self._collector[1])
+        self.replay.extend(batch)
+        experiment.collected(batch, frames=batch.numel() * self.frames_per_step, name=self.label)
+        return batch
+
+    def sample(self) -> TensorDictBase:
+        """``[B, T]`` replay sequences on the agent's device."""
+        return self.replay.sample(self.batch_size).to(self.device)
+
+    def state_dict(self) -> dict:
+        return self.replay.state_dict()
+
+    def load_state_dict(self, state: dict) -> None:
+        self.replay.load_state_dict(state)
+
+    def discard_files(self) -> None:
+        self.replay.discard_files()
+
+    def close(self) -> None:
+        if self._collector is not None and hasattr(self._collector[0], "shutdown"):
+            self._collector[0].shutdown()
+        self._collector = None
+
+
+@dataclass
+class OnlineProgress(Progress):
+    episodes: int = 0
+
+
+class OnlineDreamer:
+    """DreamerV2's online loop (Hafner et al. 2021):
+
+    ``until total_frames: collect train_every steps -> store -> updates_per_train updates``,
+    random actions until ``prefill_frames`` are stored. Reads a
+    :class:`~coworld_trl.training.config.DreamerConfig`.
+    """
+
+    def __init__(self):
+        self.progress = OnlineProgress()
+
+    def open_inputs(self, config) -> None:
+        """Online DreamerV2 reads no dataset."""
+
+    def build(self, experiment: "Experiment"):
+        from coworld_trl.agents import make_dreamer_agent
+        from coworld_trl.training.factory import make_run_env
+
+        config = self.config = experiment.config
+        probe = make_run_env(config.env, config.train.seed)
+        action_dim, obs_shape = probe.action_spec.shape[-1], tuple(probe.observation_spec["pixels"].shape)
+        probe.close()
+        self.agent = make_dreamer_agent(config.model, config.agent, action_dim=action_dim, obs_shape=obs_shape,
+                                        device=experiment.device, autocast=config.train.autocast,
+                                        nan_policy=config.train.nan_policy)
+        if config.train.compile:
+            compile_networks(self.agent)
+        self.source = OnlineSource(experiment, self.agent, env_name=config.env.name, env=config.env,
+                                   seed=config.train.seed, action_dim=action_dim)
+        return self.agent
+
+    @property
+    def replay(self):
+        return self.source.replay
+
+    def evaluated(self):
+        return self.agent, self.config.env.name
+
+    def eval_count(self) -> int:
+        return self.progress.updates
+
+    def log_step(self) -> int:
+        return self.progress.frames
+
+    def bar(self) -> tuple[int, int, str]:
+        return self.config.train.total_frames, self.progress.frames, "frame"
+
+    def run(self, experiment: "Experiment") -> None:
+        p, train = self.progress, self.config.train
+        experiment.set_phase("online")
+        while p.frames < train.total_frames and not experiment.stop_requested:
+            # 1. store what the acting policy just collected
+            batch = self.source.collect(experiment)
+            p.episodes += int(batch["next", "done"].sum())
+            # 2. learn: world model, then actor and critic in imagination
+            if self.source.prefilled:
+                for _ in range(train.updates_per_train):
+                    experiment.record("", self.agent.update(self.source.sample()))
+            # 3. log, evaluate, checkpoint when due
+            experiment.tick()
+
+    def state_dict(self) -> dict:
+        return {"replay": self.source.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.source.load_state_dict(state["replay"])
+
+    def discard_files(self) -> None:
+        self.source.discard_files()
+
+    def close(self) -> None:
+        self.source.close()

@@ -1,0 +1,139 @@
+"""The baselines' schedules end to end on the experiment layer: Offline DV2 (joint and two-stage),
+DV2 Finetune + EWC killed in its finetuning phase and resumed, and every baseline recipe's Hydra
+composition. Tiny models on dmc/cartpole (125 agent steps per episode at action repeat 8)."""
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from coworld_trl.training import FinetuneConfig, OfflineDV2Config, recipe_config, run_finetune, run_offline_dv2
+from coworld_trl.training.checkpoint import load_checkpoint
+from coworld_trl.training.experiment import Callback
+
+RECIPES = Path(__file__).resolve().parents[1] / "recipes"
+
+
+def tiny(tmp_path, **sections):
+    """Tiny sizes and a fast target env; ``sections`` override whole sections."""
+    return {**dict(
+        model=dict(stoch=4, classes=4, deter=32, hidden=32, cnn_depth=16, mlp_units=32, ensemble=3),
+        data=dict(batch_size=2, seq_len=8, buffer_capacity=2_000),
+        train=dict(device="cpu", threads=1, prefill_frames=400, train_every=5),
+        eval=dict(every_updates=10**6, episodes=1, video=False),
+        logger=dict(checkpoint_every_updates=3, log_every_updates=2),
+        target=dict(name="dmc/cartpole_swingup", action_repeat=8, fast_render=True),
+        make_dataset_episodes=2, dataset=str(tmp_path / "ds" / "medium-replay"), output_dir=str(tmp_path / "run"),
+    ), **sections}
+
+
+def results(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "results.jsonl").read_text().splitlines()]
+
+
+def last_logged(run: Path, name: str) -> float:
+    with open(run / "logs" / "scalars" / "train" / f"{name}.csv") as f:
+        return float(list(csv.reader(f))[-1][1])
+
+
+class Killed(Exception):
+    """Stands in for a SIGKILL."""
+
+
+def test_offline_dv2_trains_on_the_dataset_with_its_penalty_then_says_finished(tmp_path, caplog):
+    config = recipe_config(OfflineDV2Config, "quick", **tiny(tmp_path, schedule=dict(updates=6),
+                                                             eval=dict(every_updates=3, episodes=1, video=False)))
+    progress = run_offline_dv2(config)
+    assert progress.finished and progress.updates == progress.behaviour_updates == 6 and progress.frames == 0
+    records = results(tmp_path / "run")
+    assert [r["behaviour_updates"] for r in records] == [3, 6]
+    assert all("eval/value_bias" in r for r in records)
+    assert last_logged(tmp_path / "run", "uncertainty") > 0  # the ensemble disagrees, the penalty is on
+    assert last_logged(tmp_path / "run", "reward_penalty") > 0
+    again = run_offline_dv2(recipe_config(OfflineDV2Config, "quick", **tiny(
+        tmp_path, schedule=dict(updates=6), eval=dict(every_updates=3, episodes=1, video=False))))
+    assert again.updates == 6 and len(results(tmp_path / "run")) == 2
+
+
+def test_offline_dv2_two_stage_schedule_freezes_the_world_model_after_its_stage(tmp_path):
+    """schedule.world_model_updates=4: four world-model-only updates, then three actor-critic updates on
+    the frozen model (its weights at the phase change are its final weights)."""
+    frozen = {}
+
+    class WorldModelAtPhaseChange(Callback):
+        def on_checkpoint(self, experiment):
+            if experiment.progress.phase == "behaviour" and not frozen:
+                frozen.update({k: v.clone() for k, v in experiment.agent.world_model.state_dict().items()})
+
+    config = recipe_config(OfflineDV2Config, "quick", **tiny(tmp_path, schedule=dict(updates=3, world_model_updates=4)))
+    experiment_agent = {}
+
+    class KeepAgent(Callback):
+        def on_eval(self, experiment, metrics):
+            experiment_agent["agent"] = experiment.agent
+
+    progress = run_offline_dv2(config, callbacks=[WorldModelAtPhaseChange(), KeepAgent()])
+    assert (progress.world_model_updates, progress.behaviour_updates, progress.updates) == (4, 3, 7)
+    final = experiment_agent["agent"].world_model.state_dict()
+    assert frozen and all(torch.equal(final[k], v) for k, v in frozen.items())
+
+
+def test_finetune_with_ewc_resumes_in_its_finetuning_phase_and_anchors_to_the_pretrained_weights(tmp_path, caplog):
+    """Pretraining on cartpole_balance (800 frames: updates from 400 stored frames on), the Fisher on
+    two source batches, then finetuning on the cartpole_swingup dataset; killed after the checkpoint at 1
+    finetuning update (the clock counts source and target updates: 11 + 1), the same call resumes there and finishes with the uninterrupted counts. The EWC
+    anchors are the weights at the end of pretraining and the finetuning losses carry loss_ewc."""
+    caplog.set_level(logging.INFO, logger="coworld_trl")
+    pretrained = {}
+
+    class Kill(Callback):
+        def on_checkpoint(self, experiment):
+            p = experiment.progress
+            if p.phase == "finetune" and p.target_updates == 0 and not pretrained:
+                pretrained.update({k: v.clone() for k, v in experiment.agent.world_model.state_dict().items()})
+            if p.phase == "finetune" and p.target_updates > 0 and not p.finished:
+                raise Killed
+
+    sections = tiny(tmp_path, source="dmc/cartpole_balance", ewc=dict(lmbda=10.0, fisher_batches=2),
+                    schedule=dict(pretrain_frames=800, finetune_updates=6))
+    with pytest.raises(Killed):
+        run_finetune(recipe_config(FinetuneConfig, "quick", **sections), callbacks=[Kill()])
+    assert load_checkpoint(tmp_path / "run" / "checkpoint.pt")["progress"]["target_updates"] == 1
+
+    progress = run_finetune(recipe_config(FinetuneConfig, "quick", **sections))
+    assert "resuming" in caplog.text
+    assert progress.finished and (progress.source_updates, progress.target_updates, progress.frames) == (11, 6, 800)
+    assert [r["target_updates"] for r in results(tmp_path / "run")] == [6]
+    agent_state = load_checkpoint(tmp_path / "run" / "checkpoint.pt")["agent"]["modules"]
+    anchors = {k.split("anchor.", 1)[1]: v for k, v in agent_state.items() if "world_model" in k and ".anchor." in k}
+    fishers = [v for k, v in agent_state.items() if "world_model" in k and ".fisher." in k]
+    assert anchors.keys() == pretrained.keys()
+    assert all(torch.equal(anchors[k], v) for k, v in pretrained.items())
+    assert sum(f.sum() for f in fishers) > 0
+    assert last_logged(tmp_path / "run", "target_loss_ewc_world_model") > 0
+
+
+@pytest.mark.parametrize("recipe", [f"{method}_{benchmark}" for method in ("offline_dv2", "finetune")
+                                    for benchmark in ("dmc", "metaworld", "robodesk")])
+def test_baseline_recipes_compose_their_presets(tmp_path, recipe):
+    """Every baseline recipe composes (``--cfg job``) with the paper preset's schedule lengths."""
+    env = {**os.environ, "MUJOCO_GL": os.environ.get("MUJOCO_GL", "egl")}
+    proc = subprocess.run([sys.executable, str(RECIPES / f"{recipe}.py"), "preset=paper", "--cfg", "job"],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    config = yaml.safe_load(proc.stdout)
+    if recipe.startswith("offline_dv2"):
+        assert config["model"]["ensemble"] == 7 and config["schedule"]["updates"] == 300_000
+        assert config["uncertainty"] == {"kind": "meandis", "lmbda": 10.0}
+    else:
+        lengths = (600_000, 600_000) if recipe.endswith("dmc") else (160_000, 300_000)
+        assert (config["schedule"]["pretrain_frames"], config["schedule"]["finetune_updates"]) == lengths
+        assert config["ewc"]["lmbda"] == 0.0
