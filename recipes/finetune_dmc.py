@@ -1,7 +1,7 @@
 """DV2 Finetune and DV2 Finetune + EWC, the paper's transfer baselines. DMC: offline target dmc/walker_downhill, online source dmc/walker_walk.
 
     python recipes/finetune_dmc.py                                  # quick preset, DV2 Finetune
-    python recipes/finetune_dmc.py ewc.lmbda=100                    # DV2 Finetune + EWC
+    python recipes/finetune_dmc.py ewc.lmbda=10000                  # DV2 Finetune + EWC
     python recipes/finetune_dmc.py preset=paper dataset=datasets/dmc/walker_downhill/medium-replay
 
 Re-running the same command with the same output_dir resumes the run.
