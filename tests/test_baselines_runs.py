@@ -48,7 +48,28 @@ class Killed(Exception):
     """Stands in for a SIGKILL."""
 
 
-def test_offline_dv2_trains_on_the_dataset_with_its_penalty_then_says_finished(tmp_path, caplog):
+@pytest.fixture
+def envs_made(monkeypatch):
+    """Every (env name, seed) a run makes through the factory."""
+    from coworld_trl.training import factory
+
+    made, original = [], factory.make_run_env
+
+    def make_run_env(env, seed, **kwargs):
+        made.append((kwargs.get("name") or env.name, seed))
+        return original(env, seed, **kwargs)
+
+    monkeypatch.setattr(factory, "make_run_env", make_run_env)
+    return made
+
+
+def assert_target_env_only_evaluates(made, target="dmc/cartpole_swingup", seed=0):
+    from coworld_trl.training.factory import EVAL_SEED_OFFSET
+
+    assert made and all(s == seed + EVAL_SEED_OFFSET for name, s in made if name == target), made
+
+
+def test_offline_dv2_trains_on_the_dataset_with_its_penalty_then_says_finished(tmp_path, envs_made):
     config = recipe_config(OfflineDV2Config, "quick", **tiny(tmp_path, schedule=dict(updates=6),
                                                              eval=dict(every_updates=3, episodes=1, video=False)))
     progress = run_offline_dv2(config)
@@ -61,6 +82,7 @@ def test_offline_dv2_trains_on_the_dataset_with_its_penalty_then_says_finished(t
     again = run_offline_dv2(recipe_config(OfflineDV2Config, "quick", **tiny(
         tmp_path, schedule=dict(updates=6), eval=dict(every_updates=3, episodes=1, video=False))))
     assert again.updates == 6 and len(results(tmp_path / "run")) == 2
+    assert_target_env_only_evaluates(envs_made)  # the dataset is the only training data
 
 
 def test_offline_dv2_two_stage_schedule_freezes_the_world_model_after_its_stage(tmp_path):
@@ -86,7 +108,8 @@ def test_offline_dv2_two_stage_schedule_freezes_the_world_model_after_its_stage(
     assert frozen and all(torch.equal(final[k], v) for k, v in frozen.items())
 
 
-def test_finetune_with_ewc_resumes_in_its_finetuning_phase_and_anchors_to_the_pretrained_weights(tmp_path, caplog):
+def test_finetune_with_ewc_resumes_in_its_finetuning_phase_and_anchors_to_the_pretrained_weights(tmp_path, caplog,
+                                                                                               envs_made):
     """Pretraining on cartpole_balance (800 frames: updates from 400 stored frames on), the Fisher on
     two source batches, then finetuning on the cartpole_swingup dataset; killed after the checkpoint at 1
     finetuning update (the clock counts source and target updates: 11 + 1), the same call resumes there and finishes with the uninterrupted counts. The EWC
@@ -119,6 +142,8 @@ def test_finetune_with_ewc_resumes_in_its_finetuning_phase_and_anchors_to_the_pr
     assert all(torch.equal(anchors[k], v) for k, v in pretrained.items())
     assert sum(f.sum() for f in fishers) > 0
     assert last_logged(tmp_path / "run", "target_loss_ewc_world_model") > 0
+    assert_target_env_only_evaluates(envs_made)
+    assert any(name == "dmc/cartpole_balance" for name, _ in envs_made)  # pretraining acts in the source
 
 
 @pytest.mark.parametrize("recipe", [f"{method}_{benchmark}" for method in ("offline_dv2", "finetune")
@@ -137,3 +162,62 @@ def test_baseline_recipes_compose_their_presets(tmp_path, recipe):
         lengths = (600_000, 600_000) if recipe.endswith("dmc") else (160_000, 300_000)
         assert (config["schedule"]["pretrain_frames"], config["schedule"]["finetune_updates"]) == lengths
         assert config["ewc"]["lmbda"] == 0.0
+
+
+@pytest.fixture(scope="module")
+def source_run(tmp_path_factory):
+    """A finished tiny online DreamerV2 run on dmc/cartpole_balance (3 updates)."""
+    from coworld_trl.training import dreamer_config, run_online_dreamer
+
+    run = tmp_path_factory.mktemp("source") / "run"
+    sections = tiny(run.parent)
+    run_online_dreamer(dreamer_config(
+        "quick", model=sections["model"] | {"ensemble": 0}, data=sections["data"], eval=sections["eval"],
+        env=dict(name="dmc/cartpole_balance", action_repeat=8, fast_render=True),
+        train=sections["train"] | {"total_frames": 480}, output_dir=str(run)))
+    return run
+
+
+def test_finetune_from_a_source_checkpoint_skips_pretraining_and_anchors_ewc_to_its_weights(tmp_path, source_run):
+    """source_checkpoint: the finished DreamerV2 run's weights replace pretraining (nothing collected in
+    the source env), its replay gives the Fisher, and the EWC anchors are exactly its weights."""
+    sections = tiny(tmp_path, source="dmc/cartpole_balance", source_checkpoint=str(source_run),
+                    ewc=dict(lmbda=10.0, fisher_batches=2), schedule=dict(pretrain_frames=800, finetune_updates=2))
+    sections["model"]["ensemble"] = 0
+    progress = run_finetune(recipe_config(FinetuneConfig, "quick", **sections))
+    assert (progress.frames, progress.source_updates, progress.target_updates) == (0, 0, 2)
+    source = load_checkpoint(source_run / "checkpoint.pt")["agent"]["modules"]
+    finetuned = load_checkpoint(tmp_path / "run" / "checkpoint.pt")["agent"]["modules"]
+    prefix = "regularizers.world_model.anchor."
+    anchors = {k[len(prefix):]: v for k, v in finetuned.items() if k.startswith(prefix)}
+    pretrained = {k[len("world_model_loss.world_model."):]: v for k, v in source.items()
+                  if k.startswith("world_model_loss.world_model.")}
+    assert anchors and all(torch.equal(anchors[k], pretrained[k]) for k in anchors)
+    assert not (tmp_path / "run" / "replay_source").exists()
+
+
+@pytest.mark.parametrize("change, named", [
+    (dict(model={"deter": 16}), "has another model size (model.deter=32 there, 16 here)"),
+    (dict(target={"name": "dmc/walker_walk"}), "acts in 1-d but this run's agent takes 6-d actions"),
+    (dict(source="dmc/cartpole_swingup"), "was trained on dmc/cartpole_balance, but source=dmc/cartpole_swingup"),
+    (dict(remove_replay=True), "ewc.lmbda=10.0 needs the source agent's Fisher on its replay"),
+])
+def test_a_source_checkpoint_that_does_not_fit_is_refused_in_one_line_before_the_run_folder(
+        tmp_path, source_run, change, named):
+    import shutil
+
+    run = source_run
+    if change.pop("remove_replay", False):
+        run = tmp_path / "copy"
+        shutil.copytree(source_run, run, ignore=shutil.ignore_patterns("replay"))
+    sections = tiny(tmp_path, source="dmc/cartpole_balance", source_checkpoint=str(run),
+                    ewc=dict(lmbda=10.0, fisher_batches=2), schedule=dict(pretrain_frames=800, finetune_updates=2))
+    sections["model"]["ensemble"] = 0
+    for key, value in change.items():
+        sections[key] = sections[key] | value if isinstance(value, dict) else value
+    if "target" in change:
+        sections["dataset"] = str(tmp_path / "walker" / "medium-replay")
+    with pytest.raises((ValueError, FileNotFoundError)) as info:
+        run_finetune(recipe_config(FinetuneConfig, "quick", **sections))
+    assert named in str(info.value) and "\n" not in str(info.value)
+    assert not (tmp_path / "run").exists()

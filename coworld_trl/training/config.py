@@ -170,6 +170,7 @@ class FinetuneConfig(OfflineRunConfig):
     """``recipes/finetune_*.py``: DV2 Finetune (+ EWC): the source env, EWC, schedule."""
 
     source: str = "dmc/walker_walk"
+    source_checkpoint: Optional[str] = None  # a finished online DreamerV2 run on `source`: skips pretraining
     ewc: EWCConfig = field(default_factory=EWCConfig)
     schedule: FinetuneScheduleConfig = field(default_factory=FinetuneScheduleConfig)
 
@@ -344,7 +345,7 @@ def _agent_checks(config) -> list[tuple[bool, str]]:
         env_info(config.source)
         ewc = config.ewc
         return [
-            (schedule.pretrain_frames > train.prefill_frames,
+            (bool(config.source_checkpoint) or schedule.pretrain_frames > train.prefill_frames,
              f"schedule.pretrain_frames={schedule.pretrain_frames} must exceed train.prefill_frames="
              f"{train.prefill_frames}"),
             (schedule.finetune_updates >= 1, f"schedule.finetune_updates={schedule.finetune_updates} must be >= 1"),

@@ -10,12 +10,14 @@
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from coworld_trl.training.schedules.online import OnlineSource, Progress, compile_networks
 
 if TYPE_CHECKING:
+    from coworld_trl.training.config import DreamerConfig
     from coworld_trl.training.experiment import Experiment
 
 UNCERTAINTY_KINDS = ("meandis", "log_prob_ens", "mixstd_mean")
@@ -145,6 +147,13 @@ class OfflineDreamer:
 
 
 # ========================================================================= DV2 Finetune (+ EWC)
+def _action_dim(config) -> int:
+    """Finetune's agent acts in the wider of the source's and the target's action spaces."""
+    from coworld_trl.envs import env_info
+
+    return max(env_info(name).action_dim for name in (config.target.name, config.source))
+
+
 @dataclass
 class EWCConfig:
     """DV2 Finetune + EWC: ``lmbda / 2 * sum_i F_i (theta_i - theta_src_i)^2`` added to the
@@ -178,25 +187,28 @@ class FinetuneProgress(Progress):
 
 
 class Finetune:
-    """DV2 Finetune (+ EWC): one DreamerV2 agent, pretrained online in ``source``, then finetuned
-    on the target dataset. Different action dims: the wider one for both, the other padded (as
+    """DV2 Finetune (+ EWC): one DreamerV2 agent, pretrained online in ``source`` (or loaded from
+    ``source_checkpoint``, a finished ``recipes/dreamer_dmc.py`` run on it), then finetuned on the
+    target dataset. Different action dims: the wider one for both, the other padded (as
     CoWorld). Reads a :class:`~coworld_trl.training.config.FinetuneConfig`; ``eval.every_updates``
     counts finetuning updates."""
 
     def __init__(self):
         self.progress = FinetuneProgress()
+        self.source: OnlineSource | None = None
 
     def open_inputs(self, config) -> None:
+        """The target dataset, and the source run when one is given (refused before anything is written)."""
         _open_dataset(self, config)
+        self.source_run = self._open_source_run(config) if config.source_checkpoint else None
 
     def build(self, experiment: "Experiment"):
         from coworld_trl.agents import make_dreamer_agent
-        from coworld_trl.envs import env_info
         from coworld_trl.training.config import action_repeat
         from coworld_trl.training.factory import dataset_sampler
 
         config = self.config = experiment.config
-        action_dim = max(env_info(name).action_dim for name in (config.target.name, config.source))
+        action_dim = _action_dim(config)
         size = config.target.image_size
         self.agent = make_dreamer_agent(config.model, config.agent, action_dim=action_dim, obs_shape=(3, size, size),
                                         device=experiment.device, autocast=config.train.autocast,
@@ -205,8 +217,12 @@ class Finetune:
         if config.train.compile:
             compile_networks(self.agent)
         self.frames_per_step = action_repeat(config.target)
-        self.source = OnlineSource(experiment, self.agent, env_name=config.source, env=config.target, label="source",
-                                   seed=config.train.seed + 1, action_dim=action_dim)
+        if self.source_run is not None:
+            self._load_source_weights(experiment.device)
+        else:
+            self.source = OnlineSource(experiment, self.agent, env_name=config.source, env=config.target,
+                                       label="source", seed=config.train.seed + 1, action_dim=action_dim)
+            self.sample_source = self.source.sample
         self.sample_target = dataset_sampler(self.dataset, config.data, env_name=config.target.name,
                                              action_dim=action_dim, device=experiment.device)
         return self.agent
@@ -220,16 +236,66 @@ class Finetune:
     def log_step(self) -> int:
         return self.progress.updates
 
+    @staticmethod
+    def _open_source_run(config) -> tuple[Path, "DreamerConfig"]:
+        """Check that ``source_checkpoint`` is a finished online DreamerV2 run this agent can start from."""
+        import yaml
+
+        from coworld_trl.envs import env_info
+        from coworld_trl.training.config import DreamerConfig, from_dict
+
+        run = Path(config.source_checkpoint)
+        name = f"source_checkpoint={run}"
+        if not (run / "checkpoint.pt").exists() or not (run / "config.yaml").exists():
+            raise FileNotFoundError(
+                f"{name} holds no DreamerV2 run (config.yaml, checkpoint.pt); train one with `python recipes/"
+                f"dreamer_dmc.py env.name={config.source} output_dir={run}`, or drop source_checkpoint to pretrain here")
+        stored = yaml.safe_load((run / "config.yaml").read_text())
+        source_run = from_dict(DreamerConfig, {k: v for k, v in stored.items() if k != "collect"})
+        if source_run.env.name != config.source:
+            raise ValueError(f"{name} was trained on {source_run.env.name}, but source={config.source}; "
+                             f"set source={source_run.env.name} or point source_checkpoint at a {config.source} run")
+        theirs, ours = asdict(source_run.model), asdict(config.model)
+        diffs = [f"model.{k}={theirs[k]!r} there, {ours[k]!r} here" for k in ours if theirs.get(k) != ours[k]]
+        if diffs:
+            raise ValueError(f"{name} has another model size ({'; '.join(diffs[:3])}); use that run's model.* values")
+        source_dim, action_dim = env_info(source_run.env.name).action_dim, _action_dim(config)
+        if source_dim != action_dim:
+            raise ValueError(f"{name} acts in {source_dim}-d but this run's agent takes {action_dim}-d actions (the "
+                             f"wider of source and target); drop source_checkpoint to pretrain with padded actions here")
+        if config.ewc.lmbda > 0 and not (run / "replay").is_dir():
+            raise ValueError(f"ewc.lmbda={config.ewc.lmbda} needs the source agent's Fisher on its replay, and {run}/"
+                             "replay is missing; point source_checkpoint at a whole run directory or set ewc.lmbda=0")
+        return run, source_run
+
+    def _load_source_weights(self, device) -> None:
+        """The source run's weights replace pretraining; its replay gives the EWC Fisher's batches."""
+        from coworld_trl.training.checkpoint import load_checkpoint
+        from coworld_trl.training.replay import OnlineReplay
+
+        run, source_run = self.source_run
+        state = load_checkpoint(run / "checkpoint.pt", map_location=device)
+        missing, unexpected = self.agent.load_state_dict(state["agent"]["modules"], strict=False)
+        if unexpected or any(not key.startswith("regularizers.") for key in missing):
+            raise ValueError(f"source_checkpoint={run}'s agent does not match this agent "
+                             f"({(unexpected or missing)[:3]}); use a run with the same model.* values")
+        if self.config.ewc.lmbda > 0:
+            batch_size = self.config.data.batch_size
+            replay = OnlineReplay(run / "replay", capacity=source_run.data.buffer_capacity,
+                                  seq_len=self.config.data.seq_len)
+            replay.load_state_dict(state["schedule"]["replay"])
+            self.sample_source = lambda: replay.sample(batch_size).to(device)
+
     def bar(self) -> tuple[int, int, str]:
         s = self.config.schedule
-        pretrain = s.pretrain_frames // (self.frames_per_step * self.config.train.train_every)
+        pretrain = 0 if self.source is None else s.pretrain_frames // (self.frames_per_step * self.config.train.train_every)
         return pretrain + s.finetune_updates, self.progress.iterations, "iteration"
 
     def run(self, experiment: "Experiment") -> None:
         s, p, agent = self.config.schedule, self.progress, self.agent
         if p.phase == "pretrain":
             experiment.set_phase("pretrain")
-            while p.frames < s.pretrain_frames:
+            while self.source is not None and p.frames < s.pretrain_frames:
                 self.source.collect(experiment)
                 if self.source.prefilled:
                     experiment.record("source", agent.update(self.source.sample()))
@@ -239,7 +305,7 @@ class Finetune:
             self._next_phase(experiment, "consolidate" if self.config.ewc.lmbda > 0 else "finetune")
         if p.phase == "consolidate":
             experiment.set_phase("EWC Fisher")
-            agent.consolidate_ewc([self.source.sample() for _ in range(self.config.ewc.fisher_batches)])
+            agent.consolidate_ewc([self.sample_source() for _ in range(self.config.ewc.fisher_batches)])
             self._next_phase(experiment, "finetune")
         experiment.set_phase("finetune")
         while p.target_updates < s.finetune_updates:
@@ -254,13 +320,16 @@ class Finetune:
         experiment.save()
 
     def state_dict(self) -> dict:
-        return {"replay": self.source.state_dict()}
+        return {} if self.source is None else {"replay": self.source.state_dict()}
 
     def load_state_dict(self, state: dict) -> None:
-        self.source.load_state_dict(state["replay"])
+        if self.source is not None:
+            self.source.load_state_dict(state["replay"])
 
     def discard_files(self) -> None:
-        self.source.discard_files()
+        if self.source is not None:
+            self.source.discard_files()
 
     def close(self) -> None:
-        self.source.close()
+        if self.source is not None:
+            self.source.close()
