@@ -221,3 +221,46 @@ def test_a_source_checkpoint_that_does_not_fit_is_refused_in_one_line_before_the
         run_finetune(recipe_config(FinetuneConfig, "quick", **sections))
     assert named in str(info.value) and "\n" not in str(info.value)
     assert not (tmp_path / "run").exists()
+
+
+TINY_OVERRIDES = [
+    "model.stoch=4", "model.classes=4", "model.deter=32", "model.hidden=32", "model.cnn_depth=16",
+    "model.mlp_units=32", "model.ensemble=3", "data.batch_size=2", "data.seq_len=8", "data.buffer_capacity=5000",
+    "train.threads=1", "train.device=cpu", "target.fast_render=true", "eval.episodes=1", "eval.every_updates=2",
+    "make_dataset_episodes=2",
+]
+RECIPE_RUNS = {
+    "offline_dv2_dmc": ["target.action_repeat=8", "schedule.updates=4"],
+    "finetune_dmc": ["target.action_repeat=8", "model.ensemble=0", "schedule.pretrain_frames=2400",
+                     "train.prefill_frames=2000", "schedule.finetune_updates=4", "ewc.lmbda=1", "ewc.fisher_batches=2"],
+    "offline_dv2_metaworld": ["target.action_repeat=5", "schedule.updates=4"],
+    "finetune_metaworld": ["target.action_repeat=5", "model.ensemble=0", "schedule.pretrain_frames=700",
+                           "train.prefill_frames=500", "schedule.finetune_updates=4"],
+    "offline_dv2_robodesk": ["target.action_repeat=5", "schedule.updates=4"],
+    "finetune_robodesk": ["target.action_repeat=5", "model.ensemble=0", "schedule.pretrain_frames=700",
+                          "train.prefill_frames=500", "schedule.finetune_updates=4"],
+}
+
+
+@pytest.mark.parametrize("recipe", [
+    pytest.param(name, marks=[pytest.mark.slow] if not name.endswith("dmc") else [])
+    for name in RECIPE_RUNS])
+def test_baseline_recipes_run_end_to_end_as_users_run_them(tmp_path, recipe):
+    """``python recipes/<recipe>.py`` with tiny sizes: makes its small dataset, trains, evaluates twice
+    (return, value bias, success where the env has it), checkpoints; a re-run says it is finished."""
+    if "robodesk" in recipe:
+        pytest.importorskip("robodesk")
+    out = tmp_path / "run"
+    command = [sys.executable, str(RECIPES / f"{recipe}.py"), *TINY_OVERRIDES, *RECIPE_RUNS[recipe],
+               f"output_dir={out}", f"dataset={tmp_path / 'ds' / 'medium-replay'}"]
+    env = {**os.environ, "MUJOCO_GL": os.environ.get("MUJOCO_GL", "egl")}
+    proc = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    records = results(out)
+    counter = "behaviour_updates" if recipe.startswith("offline_dv2") else "target_updates"
+    assert [r[counter] for r in records] == [2, 4]
+    assert all("eval/value_bias" in r for r in records)
+    assert all(("eval/success_rate" in r) == ("dmc" not in recipe) for r in records)
+    assert (out / "checkpoint.pt").exists()
+    again = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
+    assert again.returncode == 0 and "finished" in again.stderr + again.stdout
