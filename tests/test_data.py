@@ -3,13 +3,13 @@ sequence sampling, export round trips and the CLI. Every dataset is synthetic an
 (16x16 images unless an env is involved)."""
 from __future__ import annotations
 
+import gc
 import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from tensordict import MemoryMappedTensor
 
 from coworld_trl.data import DatasetError, OfflineDataset, export_npz, import_npz
 from coworld_trl.data.__main__ import main as data_cli
@@ -105,12 +105,18 @@ def test_metadata_records_counts_returns_and_source(tmp_path):
     assert saved["frames"] == 12
 
 
-def test_opened_dataset_is_memory_mapped(tmp_path):
+def test_opened_dataset_is_memory_mapped_read_only(tmp_path):
+    """Every stored file is mapped into the process privately (copy-on-write, ``p`` in
+    /proc/self/maps), none shared-writable (``s``): opening reads nothing and writes nothing."""
     dataset = import_npz(write_npz_dir(tmp_path / "src"), tmp_path / "ds")
+    del dataset
+    gc.collect()
     reopened = OfflineDataset(tmp_path / "ds")
-    for key, value in reopened.rows.items(True, True):
-        assert isinstance(value, MemoryMappedTensor) and value.filename is not None, key
-    assert dataset.metadata.frames == reopened.metadata.frames
+    maps = Path("/proc/self/maps").read_text().splitlines()
+    for file in sorted((tmp_path / "ds").rglob("*.memmap")):
+        perms = {line.split()[1] for line in maps if line.endswith(str(file))}
+        assert perms and all(p.endswith("p") for p in perms), (file, perms)
+    assert len(reopened) == reopened.rows.shape[0] == 61
 
 
 # ------------------------------------------------------------------ broken inputs

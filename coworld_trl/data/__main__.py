@@ -1,9 +1,12 @@
 """Command line for offline datasets::
 
     python -m coworld_trl.data info DATASET
-    python -m coworld_trl.data validate SOURCE [--env NAME]     # a dataset, npz directory or hdf5 shards
+    python -m coworld_trl.data validate SOURCE [--env NAME] [--checksum]   # a dataset, npz directory or hdf5 shards
     python -m coworld_trl.data convert SOURCE DEST [--env NAME] [--overwrite]
         SOURCE: npz directory or hdf5 shard(s) -> DEST dataset; or a dataset -> DEST npz directory
+    python -m coworld_trl.data checksum DATASET [--overwrite]   # store sha256s in an older dataset's metadata
+
+Every command but ``convert`` and ``checksum`` only reads: datasets are opened read-only.
 """
 from __future__ import annotations
 
@@ -12,7 +15,7 @@ import json
 import sys
 from pathlib import Path
 
-from coworld_trl.data.dataset import METADATA_FILE, DatasetError, OfflineDataset
+from coworld_trl.data.dataset import METADATA_FILE, DatasetError, OfflineDataset, add_checksums
 
 
 def source_kind(path: Path) -> str:
@@ -36,17 +39,30 @@ def info(dataset: OfflineDataset) -> dict:
                 observation_keys=m.observation_keys, source=m.source, notes=m.notes)
 
 
-def validate(path: Path, env: str | None) -> dict:
-    """Every check an import runs, without writing anything; the summary of what is there."""
+def validate(path: Path, env: str | None, checksum: bool = False) -> dict:
+    """Every check an import runs, without writing anything; the summary of what is there.
+
+    A dataset: the opening checks (file sizes, episode index), every row's episode id and,
+    with ``checksum``, every file's sha256 against ``metadata.json`` (a full read)."""
     kind = source_kind(path)
+    if checksum and kind != "dataset":
+        raise DatasetError(f"{path}: --checksum verifies a dataset's stored checksums; {kind} input has none "
+                           f"(drop --checksum).")
     if kind == "dataset":
         dataset = OfflineDataset(path)
+        dataset.check_rows()
         if env is not None:
             from coworld_trl.envs import env_info
 
             if dataset.metadata.action_dim != env_info(env).action_dim:
                 raise DatasetError(f"{path}: action dim {dataset.metadata.action_dim}, {env} takes {env_info(env).action_dim}.")
-        return {"kind": kind, **info(dataset)}
+        if checksum:
+            checksums = f"verified ({dataset.verify_checksums(progress=True)} files, sha256)"
+        elif dataset.metadata.checksums:
+            checksums = "stored, not verified (pass --checksum)"
+        else:
+            checksums = f"none stored (add them: python -m coworld_trl.data checksum {path})"
+        return {"kind": kind, **info(dataset), "checksums": checksums}
     action_dim = None
     if env is not None:
         from coworld_trl.envs import env_info
@@ -97,17 +113,25 @@ def main(argv=None) -> int:
     p_val = sub.add_parser("validate", help="check a dataset, npz directory or hdf5 shards")
     p_val.add_argument("source", type=Path)
     p_val.add_argument("--env", default=None, help="registry name whose action dim the data must have")
+    p_val.add_argument("--checksum", action="store_true",
+                       help="also verify every file's sha256 against metadata.json (reads the whole dataset)")
     p_conv = sub.add_parser("convert", help="import npz/hdf5 into a dataset, or export a dataset to npz")
     p_conv.add_argument("source", type=Path)
     p_conv.add_argument("destination", type=Path)
     p_conv.add_argument("--env", default=None, help="registry name recorded in the metadata and checked against")
     p_conv.add_argument("--overwrite", action="store_true")
+    p_sum = sub.add_parser("checksum", help="store every file's sha256 in the metadata of a dataset that has none")
+    p_sum.add_argument("dataset", type=Path)
+    p_sum.add_argument("--overwrite", action="store_true", help="recompute existing checksums (after a deliberate change)")
     args = parser.parse_args(argv)
     try:
         if args.command == "info":
             result = info(OfflineDataset(args.dataset))
         elif args.command == "validate":
-            result = {"valid": True, **validate(args.source, args.env)}
+            result = {"valid": True, **validate(args.source, args.env, args.checksum)}
+        elif args.command == "checksum":
+            files = add_checksums(args.dataset, overwrite=args.overwrite, progress=True)
+            result = dict(path=str(args.dataset), checksums=f"stored ({files} files, sha256)")
         else:
             result = convert(args.source, args.destination, args.env, args.overwrite)
     except DatasetError as err:

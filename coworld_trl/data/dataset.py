@@ -11,10 +11,14 @@ A dataset is a directory::
     <path>/final/          TensorDict memmap [episodes]: each episode's last observation
     <path>/episodes/       TensorDict memmap [episodes]: start row, length, return
 
-Opening a dataset memory-maps it: nothing is read until it is sampled, so a dataset larger
-than RAM trains without being loaded. Writers fill a hidden sibling directory and rename
-it into place when they finish, so a crash or a bad input file never leaves a
-half-written dataset under the final name.
+Opening a dataset memory-maps it read-only (see :mod:`coworld_trl.data.files`): nothing is
+read until it is sampled, so a dataset larger than RAM trains without being loaded, and
+nothing a reader does (open, sample, info, validate, train) can write to the files. Opening
+checks each file's size against its dtype and shape and the episode index against the rows
+(``os.stat`` and the small index only), so a truncated or damaged file is refused by name.
+Writers fill a hidden sibling directory, store a sha256 checksum of every file in
+``metadata.json`` and rename the directory into place when they finish, so a crash or a bad
+input file never leaves a half-written dataset under the final name.
 """
 from __future__ import annotations
 
@@ -29,12 +33,18 @@ import torch
 from tensordict import TensorDict
 from torchrl.data import SliceSampler, TensorDictReplayBuffer, TensorStorage
 
+from coworld_trl.data.files import (DatasetError, check_sizes, compare_checksums, file_checksums, open_read_only,
+                                    read_layout, write_json_atomic)
+
 FORMAT_VERSION = 1
 METADATA_FILE = "metadata.json"
-
-
-class DatasetError(ValueError):
-    """A dataset or input file is unusable; the message names the file, the problem and the fix."""
+# The stored TensorDicts and the leaves every dataset has (extra observations may follow).
+REQUIRED = {
+    "rows": [("pixels",), ("action",), ("is_init",), ("episode",), ("next", "reward"), ("next", "done"),
+             ("next", "terminated"), ("next", "truncated")],
+    "final": [("pixels",)],
+    "episodes": [("start",), ("length",), ("episode_return",)],
+}
 
 
 @dataclass
@@ -55,6 +65,9 @@ class DatasetMetadata:
     notes: list[str] = field(default_factory=list)
     created: str = ""
     format_version: int = FORMAT_VERSION
+    # {relative path: "sha256:<hex>"} of every other file; None for datasets written before
+    # checksums existed (add them with `python -m coworld_trl.data checksum PATH`).
+    checksums: dict[str, str] | None = None
 
     @classmethod
     def read(cls, path: Path) -> "DatasetMetadata":
@@ -74,7 +87,7 @@ class DatasetMetadata:
         return cls(**{k: v for k, v in values.items() if k in known})
 
     def write(self, path: Path) -> None:
-        (Path(path) / METADATA_FILE).write_text(json.dumps(asdict(self), indent=2) + "\n")
+        write_json_atomic(Path(path) / METADATA_FILE, asdict(self))
 
 
 class DatasetWriter:
@@ -143,9 +156,10 @@ class DatasetWriter:
             return_max=returns.max().item(), source=self.source, observation_keys=self.observation_keys,
             notes=self.notes, created=time.strftime("%Y-%m-%dT%H:%M:%S"),
         )
-        metadata.write(self.tmp)
         for td in (self.rows, self.final, self.episodes):
             td.memmap_()  # flush
+        metadata.checksums = file_checksums(self.tmp, METADATA_FILE)
+        metadata.write(self.tmp)
         if self.path.exists():  # overwrite=True was checked at construction
             shutil.rmtree(self.path)
         self.tmp.rename(self.path)
@@ -161,8 +175,37 @@ class DatasetWriter:
             shutil.rmtree(self.tmp, ignore_errors=True)
 
 
+class ReadOnlyStorage(TensorStorage):
+    """A TorchRL ``TensorStorage`` over a dataset's read-only rows: sampling reads, and any
+    write (``extend``, ``add``, ``load_state_dict``) is refused instead of reaching the data."""
+
+    def set(self, *args, **kwargs):
+        raise DatasetError("an offline dataset is read-only; write a new one with DatasetWriter, import_npz or "
+                           "`python -m coworld_trl.data convert` instead of extending its replay buffer.")
+
+    def load_state_dict(self, state_dict):
+        self.set(None, state_dict)
+
+
+def repair_hint(path: Path, metadata: DatasetMetadata | None = None) -> str:
+    """How to get a good copy of the dataset at ``path`` back (ends a :class:`DatasetError`)."""
+    source = metadata.source if metadata is not None else ""
+    for prefix in ("import npz ", "import hdf5 "):
+        if source.startswith(prefix):
+            return (f"re-copy the dataset or re-import it with `python -m coworld_trl.data convert "
+                    f"{source.removeprefix(prefix)} {path} --overwrite`.")
+    return (f"re-copy the dataset or re-create it (`python -m coworld_trl.data convert SRC {path} --overwrite`, "
+            f"or the command that collected it).")
+
+
 class OfflineDataset:
-    """A dataset directory, memory-mapped.
+    """A dataset directory, memory-mapped read-only.
+
+    Opening checks, cheaply (``os.stat`` and the episode index, no pixel is read), that
+    every file has the size its dtype and shape give and that the episode index tiles the
+    rows; a problem raises a one-line :class:`DatasetError` naming the file and the fix.
+    The files are mapped copy-on-write from read-only file descriptors: nothing done with
+    the dataset writes to them, and a read-only (``chmod 0o444``) copy opens and samples.
 
     Attributes:
         metadata: :class:`DatasetMetadata`.
@@ -178,17 +221,71 @@ class OfflineDataset:
                                f"`python recipes/collect_dataset.py` or `python -m coworld_trl.data convert`.")
         self.metadata = DatasetMetadata.read(self.path)
         m = self.metadata
-        try:
-            self.rows = TensorDict.load_memmap(self.path / "rows")[: m.frames]
-            self.final = TensorDict.load_memmap(self.path / "final")[: m.episodes]
-            self.episodes = TensorDict.load_memmap(self.path / "episodes")[: m.episodes]
-        except (FileNotFoundError, RuntimeError, KeyError, json.JSONDecodeError) as err:
-            raise DatasetError(f"{self.path}: the stored tensors are missing or corrupt ({err}); re-create the dataset.") \
-                from err
+        fix = repair_hint(self.path, m)
+        opened = {}
+        for name, count in (("rows", m.frames), ("final", m.episodes), ("episodes", m.episodes)):
+            shape, leaves = read_layout(self.path / name, fix)
+            missing = [k for k in REQUIRED[name] if k not in leaves]
+            if missing:
+                raise DatasetError(f"{self.path / name}: no stored {'/'.join(missing[0])}; the dataset is incomplete, {fix}")
+            if not shape or shape[0] < count:
+                raise DatasetError(f"{self.path / name}: holds {shape[0] if shape else 0} entries, metadata.json says "
+                                   f"{count}; the dataset is damaged, {fix}")
+            check_sizes(leaves, fix)
+            opened[name] = open_read_only(shape, leaves)[:count]
+        self.rows, self.final, self.episodes = opened["rows"], opened["final"], opened["episodes"]
         pixels = self.rows["pixels"]
         if tuple(pixels.shape[1:]) != (3, m.image_size, m.image_size) or self.rows["action"].shape[-1] != m.action_dim:
             raise DatasetError(f"{self.path}: stored shapes pixels {tuple(pixels.shape[1:])}, action "
-                               f"{tuple(self.rows['action'].shape[1:])} disagree with metadata.json; re-create the dataset.")
+                               f"{tuple(self.rows['action'].shape[1:])} disagree with metadata.json; {fix}")
+        self._check_index(fix)
+
+    def _check_index(self, fix: str) -> None:
+        """The episodes tile the rows: lengths >= 1, each starts where the previous ended, and
+        the lengths sum to the frame count (reads only the ``[episodes]`` index)."""
+        starts, lengths = self.episodes["start"], self.episodes["length"]
+        index = self.path / "episodes"
+        short = torch.nonzero(lengths < 1).reshape(-1)
+        if len(short):
+            i = int(short[0])
+            raise DatasetError(f"{index / 'length.memmap'}: episode {i} has length {int(lengths[i])}; the episode "
+                               f"index is damaged, {fix}")
+        expected = torch.cumsum(lengths, 0) - lengths
+        wrong = torch.nonzero(starts != expected).reshape(-1)
+        if len(wrong):
+            i = int(wrong[0])
+            raise DatasetError(f"{index / 'start.memmap'}: episode {i} starts at row {int(starts[i])}, expected "
+                               f"{int(expected[i])} (where the previous episode ends); the episode index is damaged, {fix}")
+        total = int(lengths.sum())
+        if total != self.metadata.frames:
+            raise DatasetError(f"{index / 'length.memmap'}: episode lengths sum to {total} rows, metadata.json says "
+                               f"{self.metadata.frames} frames; the dataset is damaged, {fix}")
+
+    def check_rows(self) -> None:
+        """Every row's ``episode`` id matches the episode index (reads the ``[frames]`` int64
+        ids, 8 bytes a row; run by ``validate``, not on opening)."""
+        expected = torch.repeat_interleave(torch.arange(self.metadata.episodes), self.episodes["length"])
+        wrong = torch.nonzero(self.rows["episode"] != expected).reshape(-1)
+        if len(wrong):
+            row = int(wrong[0])
+            raise DatasetError(f"{self.path / 'rows' / 'episode.memmap'}: row {row} is in episode "
+                               f"{int(self.rows['episode'][row])}, the episode index says {int(expected[row])}; "
+                               f"the dataset is damaged, {repair_hint(self.path, self.metadata)}")
+
+    def verify_checksums(self, *, progress: bool = False) -> int:
+        """Recompute every file's sha256 (a full read) and compare with ``metadata.json``;
+        returns the number of files verified. Raises a one-line :class:`DatasetError` listing
+        every mismatching file, or saying that the dataset has no checksums."""
+        expected = self.metadata.checksums
+        if not expected:
+            raise DatasetError(f"{self.path}: no checksums in {METADATA_FILE} (written before datasets stored them), "
+                               f"so nothing to verify; add them with `python -m coworld_trl.data checksum {self.path}` "
+                               f"(from a copy you trust).")
+        problems = compare_checksums(self.path, expected, progress=progress)
+        if problems:
+            raise DatasetError(f"{self.path}: {len(problems)} file(s) differ from their checksum: {'; '.join(problems)}; "
+                               f"{repair_hint(self.path, self.metadata)}")
+        return len(expected)
 
     def __len__(self) -> int:
         return self.metadata.frames
@@ -203,11 +300,34 @@ class OfflineDataset:
         within-episode slices of ``seq_len`` (flat ``[batch_size * seq_len]``; reshape to
         ``[B, T]``). Episodes shorter than ``seq_len`` are never sampled. ``prefetch``
         batches are sampled ahead in background threads, so sampling overlaps the update.
+        The storage is a :class:`ReadOnlyStorage`: the buffer cannot be extended.
         """
         longest = int(self.episodes["length"].max())
         if seq_len > longest:
             raise DatasetError(f"seq_len={seq_len} is longer than every episode of {self.path} (longest {longest}); "
                                f"use seq_len <= {longest}.")
         sampler = SliceSampler(slice_len=seq_len, traj_key="episode", cache_values=True, strict_length=True)
-        return TensorDictReplayBuffer(storage=TensorStorage(self.rows), sampler=sampler,
+        return TensorDictReplayBuffer(storage=ReadOnlyStorage(self.rows), sampler=sampler,
                                       batch_size=batch_size * seq_len, prefetch=prefetch or None)
+
+
+def add_checksums(path: str | Path, *, overwrite: bool = False, progress: bool = False) -> int:
+    """Store the sha256 of every file in the ``metadata.json`` of a dataset written before
+    checksums existed (the one write this library makes to an existing dataset: the
+    metadata is replaced atomically, every other key kept). The dataset must pass the
+    opening checks first. A dataset that has checksums is refused unless ``overwrite``
+    (after a deliberate change): recomputing would bless whatever damage happened since.
+    Returns the number of files."""
+    dataset = OfflineDataset(path)
+    if dataset.metadata.checksums and not overwrite:
+        raise DatasetError(f"{dataset.path} already has checksums; verify them with `python -m coworld_trl.data "
+                           f"validate --checksum {dataset.path}`, or pass --overwrite to recompute them.")
+    file = dataset.path / METADATA_FILE
+    values = json.loads(file.read_text())
+    values["checksums"] = file_checksums(dataset.path, METADATA_FILE, progress=progress)
+    try:
+        write_json_atomic(file, values)
+    except PermissionError as err:
+        raise DatasetError(f"{file}: cannot write ({err.strerror}); adding checksums rewrites metadata.json, "
+                           f"make the directory writable (or checksum a writable copy).") from err
+    return len(values["checksums"])
