@@ -248,6 +248,13 @@ def test_an_old_dataset_without_checksums_opens_and_the_checksum_command_adds_th
     assert cli(capsys, "checksum", "--overwrite", dataset_path)[0] == 0
 
 
+def test_a_malformed_checksum_table_is_refused(dataset_path):
+    meta_file = dataset_path / METADATA_FILE
+    meta_file.write_text(json.dumps({**json.loads(meta_file.read_text()), "checksums": ["abc"]}))
+    with pytest.raises(DatasetError, match="checksums is not a"):
+        OfflineDataset(dataset_path)
+
+
 def test_checksum_flag_on_raw_input_is_refused(tmp_path, capsys):
     src = write_npz_dir(tmp_path / "src", lengths=(5,))
     code, _, err = cli(capsys, "validate", "--checksum", src)

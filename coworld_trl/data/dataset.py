@@ -83,6 +83,11 @@ class DatasetMetadata:
         if version != FORMAT_VERSION:
             raise DatasetError(f"{file}: format_version={version}, this library reads {FORMAT_VERSION}; "
                                f"re-convert the dataset with this version.")
+        checksums = values.get("checksums")
+        if checksums is not None and not (isinstance(checksums, dict) and all(
+                isinstance(k, str) and isinstance(v, str) for k, v in checksums.items())):
+            raise DatasetError(f"{file}: checksums is not a {{file: 'sha256:<hex>'}} table; restore metadata.json from "
+                               f"a good copy, or delete the key and run `python -m coworld_trl.data checksum {path}`.")
         known = {f for f in cls.__dataclass_fields__}
         return cls(**{k: v for k, v in values.items() if k in known})
 
