@@ -1,43 +1,45 @@
-"""Time, FLOPs and memory of one DreamerV2/CoWorld world-model update and one behaviour update.
+"""Time, FLOPs and memory of the agents' own updates (DreamerV2, or one CoWorld iteration).
+
+DreamerV2's world-model and behaviour updates, or with ``--coworld`` one CoWorld iteration.
 
 Usage::
 
     python benchmarks/bench_update.py --preset reference --batch 16 --seq-len 16 --threads 2
     python benchmarks/bench_update.py --preset paper --repeats 5 --json /tmp/paper.json
+    python benchmarks/bench_update.py --preset reference --coworld      # target + source update
     python benchmarks/bench_update.py --preset quick --profile          # + torch.profiler table
 
-What is measured (medians over ``--repeats`` after ``--warmup`` untimed updates):
+What is timed is the code training runs: the agent of ``--preset`` built by
+:func:`coworld_trl.agents.make_dreamer_agent` (or :func:`~coworld_trl.agents.make_coworld_agent`
+with the default :class:`~coworld_trl.agents.CouplingConfig`), on a synthetic ``[B, T]`` TED
+batch; medians over ``--repeats`` after ``--warmup`` untimed iterations, the updates
+interleaved as training interleaves them:
 
-* world-model update: ``WorldModelLoss`` forward, backward, grad-norm clip (100), Adam step;
-* behaviour update: ``imagine`` (horizon 15) from all ``B*T`` posterior states that the
-  world-model loss wrote into the batch (detached, no second world-model pass),
-  ``ValueLoss.targets``, ``ActorLoss`` + backward + clip + step, ``ValueLoss`` +
-  backward + clip + step, target-critic updater step;
-* FLOPs of each update (``torch.utils.flop_counter.FlopCounterMode``: matmuls and
-  convolutions, forward and backward), the achieved GFLOP/s, and the fraction of this
-  machine's fp32 matmul throughput (a 2048^3 matmul timed by the script itself);
-* peak memory: ``torch.cuda.max_memory_allocated`` on CUDA, peak process RSS on CPU;
-* where the time goes: the world-model update timed by section (forward, with the encoder,
-  RSSM observe loop, decoder and reward head inside it; backward; clip + Adam), the
-  behaviour update by section (imagination, targets, actor forward / backward / step,
-  critic), and the self time of one profiled update of each by op kind (convolution,
-  matmul, ELU, copies, ...); ``--profile`` adds torch.profiler's top-op tables.
+* DreamerV2: ``DreamerV2Agent.update_world_model`` (Eq. 2: forward, backward, grad-norm
+  clip, fused Adam) and ``DreamerV2Agent.update_behaviour`` (imagination from the ``B*T``
+  posterior states the world-model update left in the batch, lambda-returns, actor and
+  critic steps, slow-critic updater);
+* ``--coworld``: ``CoWorldAgent.target_update`` (world model with state alignment, Eq. 3;
+  actor; critic with the min-max constraint, Eq. 6) and ``CoWorldAgent.source_update`` on
+  a source batch with the target batch relabelled (Eq. 4-5), then the source's behaviour.
 
-``--adam`` picks torch's Adam implementation (default ``fused``: same algorithm, one
-kernel; the ``for-loop`` implementation is what ``torch.optim.Adam`` uses on CPU by
-default). Like training (``train.keep_freed_memory``), the benchmark stops glibc from
-handing freed memory back to the OS (:func:`coworld_trl.training.memory.keep_freed_memory`),
-which saves page faults on the large activations; ``--no-keep-freed-memory`` measures
-without it.
+Also reported: FLOPs of each update (``torch.utils.flop_counter.FlopCounterMode``: matmuls
+and convolutions, forward and backward), the achieved GFLOP/s and the fraction of this
+machine's fp32 matmul throughput (a 2048^3 matmul timed by the script); peak memory
+(``torch.cuda.max_memory_allocated`` on CUDA, peak process RSS on CPU); where the time goes,
+measured with hooks on the agent's own objects (no copy of the update): each optimiser's
+phases (forward up to its ``zero_grad``, backward up to the last gradient accumulated, grad
+clipping, Adam step) and, inside the forwards, the encoder, RSSM observe loop, decoder,
+reward head, imagination and value targets; and the self time of one profiled update by op
+kind (``--profile`` adds torch.profiler's top-op tables).
+
+Like training (``train.keep_freed_memory``), the benchmark stops glibc from handing freed
+memory back to the OS (:func:`coworld_trl.training.memory.keep_freed_memory`);
+``--no-keep-freed-memory`` measures without it.
 
 ``--collect-env dmc/cheetah_run`` also times the collection loop: a TorchRL ``Collector``
-stepping the env with the acting policy (latent filtering + actor, exploration noise) of
-the preset, in env frames per second (agent steps x action repeat), next to the same env
-stepped by a random policy (the env's own cost).
-
-The module is importable: :func:`build` returns a :class:`Bench` with the modules, losses
-and optimizers of a preset; :func:`world_model_update` and :func:`behaviour_update` run
-one update each; :func:`make_batch` makes a synthetic TED batch.
+stepping the env with the agent's acting policy (latent filtering + actor), in env frames per
+second (agent steps x action repeat), next to the same env stepped by a random policy.
 """
 from __future__ import annotations
 
@@ -49,7 +51,6 @@ import resource
 import statistics
 import sys
 import time
-from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import torch
@@ -60,97 +61,12 @@ if __package__ in (None, ""):  # run as a script from a checkout that is not ins
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from coworld_trl.modules import Actor, ScalarHead, make_world_model
-from coworld_trl.modules.policy import LatentPolicy, latent_state_primer
-from coworld_trl.objectives import ActorLoss, ValueLoss, WorldModelLoss, imagine
-from coworld_trl.training.config import PRESETS as PRESET_NAMES
+from coworld_trl.agents import CouplingConfig, CoWorldAgent, DreamerV2Agent, make_coworld_agent, make_dreamer_agent
+from coworld_trl.training.config import PRESETS, dreamer_config
 from coworld_trl.training.memory import keep_freed_memory
-from coworld_trl.training.config import dreamer_config
 
-def preset_sizes(preset: str) -> dict[str, Any]:
-    """Model sizes and learning rates of a library preset (``coworld_trl.training.config``)."""
-    config = dreamer_config(preset)
-    m, a = config.model, config.agent
-    return dict(
-        world_model=dict(latent=m.latent, stoch=m.stoch, classes=m.classes, deter=m.deter, hidden=m.hidden,
-                         norm_gru=m.norm_gru, cnn_depth=m.cnn_depth, mlp_units=m.mlp_units,
-                         reward_layers=m.reward_layers, discount_head=m.discount_head),
-        actor=dict(layers=m.actor_layers, units=m.mlp_units, dist=m.actor_dist),
-        critic=dict(layers=m.critic_layers, units=m.mlp_units),
-        lr=dict(model=a.model_lr, actor=a.actor_lr, critic=a.critic_lr),
-    )
-
-
-PRESETS = tuple(PRESET_NAMES)
-
-ADAM_EPS = 1e-5
-ADAM_IMPLS = ("fused", "foreach", "for-loop")
-GRAD_CLIP = 100.0
-HORIZON = 15
-
-
-@dataclass
-class Bench:
-    """Everything one update needs."""
-
-    preset: str
-    device: torch.device
-    world_model: torch.nn.Module
-    actor: torch.nn.Module
-    critic: torch.nn.Module
-    world_model_loss: WorldModelLoss
-    actor_loss: ActorLoss
-    value_loss: ValueLoss
-    target_updater: Any
-    model_opt: torch.optim.Optimizer
-    actor_opt: torch.optim.Optimizer
-    critic_opt: torch.optim.Optimizer
-    horizon: int = HORIZON
-    grad_clip: float = GRAD_CLIP
-    autocast: bool = False
-    compiled: dict[str, Any] = field(default_factory=dict)
-
-    def autocast_ctx(self):
-        if not self.autocast:
-            return contextlib.nullcontext()
-        dtype = torch.bfloat16
-        return torch.autocast(device_type=self.device.type, dtype=dtype)
-
-
-def build(preset: str = "reference", action_dim: int = 6, device: str | torch.device = "cpu", *,
-          horizon: int = HORIZON, autocast: bool = False, adam: str = "fused") -> Bench:
-    """Build the world model, actor, critic, losses and Adam optimizers of ``preset``.
-
-    ``adam`` picks torch's Adam implementation (same algorithm): ``"fused"`` (one kernel
-    for all parameters; about 4x faster than the others on CPU), ``"foreach"`` or
-    ``"for-loop"``.
-    """
-    if preset not in PRESETS:
-        raise ValueError(f"preset={preset!r} is unknown; use one of {sorted(PRESETS)}.")
-    cfg = preset_sizes(preset)
-    device = torch.device(device)
-    world_model = make_world_model(action_dim=action_dim, **cfg["world_model"]).to(device)
-    feature_dim = world_model.feature_dim
-    actor = Actor(feature_dim, action_dim, **cfg["actor"]).to(device)
-    critic = ScalarHead(feature_dim, **cfg["critic"]).to(device)
-    world_model_loss = WorldModelLoss(world_model)
-    actor_loss = ActorLoss(actor)
-    value_loss = ValueLoss(critic)
-    target_updater = value_loss.make_target_updater(interval=100)
-    lr = cfg["lr"]
-    if adam not in ADAM_IMPLS:
-        raise ValueError(f"adam={adam!r} is unknown; use one of {ADAM_IMPLS}.")
-    kw: dict[str, Any] = dict(eps=ADAM_EPS)
-    if adam == "fused":
-        kw["fused"] = True
-    else:
-        kw["foreach"] = adam == "foreach"
-    model_opt = torch.optim.Adam(world_model.parameters(), lr=lr["model"], **kw)
-    actor_opt = torch.optim.Adam(actor.parameters(), lr=lr["actor"], **kw)
-    # The value loss holds the critic's parameters functionally (TensorDictParams).
-    critic_opt = torch.optim.Adam(value_loss.value_network_params.values(True, True), lr=lr["critic"], **kw)
-    return Bench(preset, device, world_model, actor, critic, world_model_loss, actor_loss, value_loss,
-                 target_updater, model_opt, actor_opt, critic_opt, horizon=horizon, autocast=autocast)
+OBS_SHAPE = (3, 64, 64)
+COMPILE_PARTS = ("encoder", "decoder", "gru", "img_step", "actor", "critic")
 
 
 def make_batch(batch: int, seq_len: int, action_dim: int = 6, device: str | torch.device = "cpu",
@@ -161,7 +77,7 @@ def make_batch(batch: int, seq_len: int, action_dim: int = 6, device: str | torc
     is_init = torch.zeros(*shape, 1, dtype=torch.bool)
     is_init[:, 0] = True
     return TensorDict(
-        pixels=torch.randint(0, 256, (*shape, 3, 64, 64), dtype=torch.uint8, generator=g),
+        pixels=torch.randint(0, 256, (*shape, *OBS_SHAPE), dtype=torch.uint8, generator=g),
         action=torch.rand(*shape, action_dim, generator=g) * 2 - 1,
         is_init=is_init,
         next=TensorDict(reward=torch.randn(*shape, 1, generator=g),
@@ -170,45 +86,57 @@ def make_batch(batch: int, seq_len: int, action_dim: int = 6, device: str | torc
     ).to(device)
 
 
-def _step(opt: torch.optim.Optimizer, loss: torch.Tensor, params: list[torch.Tensor], clip: float) -> None:
-    opt.zero_grad(set_to_none=True)
-    loss.backward()
-    torch.nn.utils.clip_grad_norm_(params, clip, foreach=True)
-    opt.step()
+def build(args: argparse.Namespace, device: torch.device) -> DreamerV2Agent | CoWorldAgent:
+    """The agent of ``args.preset`` (a DreamerV2 agent, or CoWorld with one source)."""
+    config = dreamer_config(args.preset)
+    if args.coworld:
+        return make_coworld_agent(config.model, config.agent, CouplingConfig(), action_dim=args.action_dim,
+                                  num_sources=1, obs_shape=OBS_SHAPE, device=device, autocast=args.autocast,
+                                  eta_steps_default=100_000)  # eta's value does not change the update's cost
+    return make_dreamer_agent(config.model, config.agent, action_dim=args.action_dim, obs_shape=OBS_SHAPE,
+                              device=device, autocast=args.autocast)
 
 
-def _params(opt: torch.optim.Optimizer) -> list[torch.Tensor]:
-    return [p for group in opt.param_groups for p in group["params"]]
+def dreamer_agents(agent: DreamerV2Agent | CoWorldAgent) -> dict[str, DreamerV2Agent]:
+    """The DreamerV2 agents inside ``agent``, by role."""
+    if isinstance(agent, CoWorldAgent):
+        return {"target": agent.target, "source": agent.sources[0]}
+    return {"": agent}
 
 
-def world_model_update(bench: Bench, batch: TensorDict) -> TensorDict:
-    """Forward + backward + clip + Adam step of the world model; writes latents into ``batch``."""
-    with bench.autocast_ctx():
-        losses = bench.world_model_loss(batch)
-        loss = sum(v for k, v in losses.items() if k.startswith("loss_"))
-    _step(bench.model_opt, loss, _params(bench.model_opt), bench.grad_clip)
-    return losses.detach()
+def updates(agent: DreamerV2Agent | CoWorldAgent, batches: dict[str, TensorDict]) -> dict[str, Callable[[], Any]]:
+    """The timed updates, in training order: name -> zero-argument call of the agent's method."""
+    if isinstance(agent, CoWorldAgent):
+        return {
+            "target": lambda: agent.target_update(batches["target"]),
+            "source": lambda: agent.source_update(batches["source"], batches["target"]),
+        }
+    return {
+        "world_model": lambda: agent.update_world_model(batches["batch"]),
+        "behaviour": lambda: agent.update_behaviour(batches["batch"]),  # from the latents the update left
+    }
 
 
-def imagine_from(bench: Bench, batch: TensorDict) -> TensorDict:
-    """Imagined ``[B*T, H]`` trajectories from the (detached) posterior latents in ``batch``."""
-    with bench.autocast_ctx():
-        return imagine(bench.world_model, bench.actor, batch.get("stoch").detach(), batch.get("deter").detach(),
-                       horizon=bench.horizon)
+def apply_compile(agent: DreamerV2Agent | CoWorldAgent, what: str) -> list[str]:
+    """``torch.compile`` the ``forward`` of parts of every DreamerV2 agent's networks (compiled lazily).
 
-
-def behaviour_update(bench: Bench, batch: TensorDict) -> TensorDict:
-    """Imagination, lambda-returns, actor and critic steps and the slow-critic updater step."""
-    imagined = imagine_from(bench, batch)
-    with bench.autocast_ctx():
-        imagined = bench.value_loss.targets(imagined)
-        actor_losses = bench.actor_loss(imagined)
-    _step(bench.actor_opt, actor_losses["loss_actor"], _params(bench.actor_opt), bench.grad_clip)
-    with bench.autocast_ctx():
-        value_losses = bench.value_loss(imagined)
-    _step(bench.critic_opt, value_losses["loss_value"], _params(bench.critic_opt), bench.grad_clip)
-    bench.target_updater.step()
-    return TensorDict(**actor_losses.detach(), **value_losses.detach().exclude("value_target"))
+    The forwards are compiled rather than the modules' calls so that the timing hooks stay
+    outside the compiled code (hooks added to a compiled call would recompile it).
+    """
+    parts = [part for part in what.split(",") if part]
+    for part in parts:
+        if part not in COMPILE_PARTS:
+            raise ValueError(f"--compile part {part!r} is unknown; use a comma list of {', '.join(COMPILE_PARTS)}.")
+    for dreamer in dreamer_agents(agent).values():
+        wm = dreamer.world_model
+        modules = {"encoder": wm.encoder, "decoder": wm.decoder, "gru": wm.rssm.gru, "actor": dreamer.actor.net,
+                   "critic": dreamer.critic.net}
+        for part in parts:
+            if part == "img_step":
+                wm.rssm.img_step = torch.compile(wm.rssm.img_step)
+            else:
+                modules[part].forward = torch.compile(modules[part].forward)
+    return parts
 
 
 # --------------------------------------------------------------------------- measurement
@@ -269,109 +197,122 @@ def peak_memory_bytes(device: torch.device) -> int:
     return int(rss if sys.platform == "darwin" else rss * 1024)  # kB on Linux, bytes on macOS
 
 
-class _Timer:
-    """Accumulates wall-clock time of named sections (synchronising on CUDA)."""
+class SectionTimer:
+    """Times the phases of the agents' updates with hooks on their own objects.
 
-    def __init__(self, device: torch.device):
-        self.device, self.totals = device, {}
+    Each optimiser marks a timeline: its ``zero_grad`` (the forward before it ends), the
+    last gradient accumulated into its parameters (backward ends), its step pre- and
+    post-hooks (clip between, then Adam). Consecutive marks make the sections of one
+    update, which add up to its time. Forward hooks on modules (and wrapped methods) time
+    parts inside the forwards, inclusively; they are reported indented, not added.
+    On CUDA every mark synchronises, so the sections are slower than the plain updates.
+    """
+
+    def __init__(self, agent: DreamerV2Agent | CoWorldAgent, device: torch.device):
+        self.device = device
+        self.marks: list[tuple[float, str, str]] = []  # (time, optimiser label, event)
+        self.parts: dict[str, float] = {}
+        self._grad_done: dict[str, float] = {}
+        self._starts: dict[str, float] = {}
+        self._optimizers, self._modules, self._methods = {}, {}, {}
+        for role, dreamer in dreamer_agents(agent).items():
+            prefix = f"{role} " if role else ""
+            for name, optimizer in dreamer.optimizers.items():
+                self._optimizers[prefix + name.replace("_", " ")] = optimizer
+            wm = dreamer.world_model
+            self._modules.update({f"{prefix}encoder": wm.encoder, f"{prefix}decoder": wm.decoder,
+                                  f"{prefix}reward head": wm.reward_head})
+            self._methods.update({f"{prefix}rssm observe loop": (wm.rssm, "observe"),
+                                  f"{prefix}imagination + value targets": (dreamer, "imagine"),
+                                  f"{prefix}value targets": (dreamer.value_loss, "targets")})
+        if isinstance(agent, CoWorldAgent):
+            if agent.alignment_loss is not None:
+                self._modules["state alignment (Eq. 3)"] = agent.alignment_loss
+            self._modules["source world-model loss with relabelling (Eq. 2, 4-5)"] = agent.sources[0].world_model_loss
+            if agent.penalty is not None:
+                self._modules["min-max value penalty (Eq. 6)"] = agent.penalty
+
+    def _now(self) -> float:
+        _sync(self.device)
+        return time.perf_counter()
+
+    def _mark(self, label: str, event: str) -> None:
+        self.marks.append((self._now(), label, event))
+
+    def _add_part(self, name: str, start: float) -> None:
+        self.parts[name] = self.parts.get(name, 0.0) + self._now() - start
 
     @contextlib.contextmanager
-    def __call__(self, name: str):
-        _sync(self.device)
-        start = time.perf_counter()
-        yield
-        _sync(self.device)
-        self.totals[name] = self.totals.get(name, 0.0) + time.perf_counter() - start
+    def hooks(self):
+        """Install every hook (and wrapped method) for the duration of the block."""
+        handles, wrapped = [], []
+        for label, optimizer in self._optimizers.items():
+            zero_grad = optimizer.zero_grad
 
+            def marked_zero_grad(*args, label=label, zero_grad=zero_grad, **kwargs):
+                self._mark(label, "zero_grad")
+                return zero_grad(*args, **kwargs)
 
-@contextlib.contextmanager
-def _timed_modules(timer: "_Timer", modules: dict[str, torch.nn.Module]):
-    """Time each module's forward calls (inclusive) under ``timer``."""
-    handles, starts = [], {}
-    for name, module in modules.items():
-        def pre(mod, args, name=name):
-            _sync(timer.device)
-            starts[name] = time.perf_counter()
+            optimizer.zero_grad = marked_zero_grad  # an instance attribute shadows the method
+            wrapped.append((optimizer, "zero_grad"))
 
-        def post(mod, args, out, name=name):
-            _sync(timer.device)
-            timer.totals[name] = timer.totals.get(name, 0.0) + time.perf_counter() - starts.pop(name)
+            def grad_done(param, label=label):
+                self._grad_done[label] = self._now()
 
-        handles += [module.register_forward_pre_hook(pre), module.register_forward_hook(post)]
-    try:
-        yield
-    finally:
-        for h in handles:
-            h.remove()
+            def pre(opt, args, kwargs, label=label):
+                self.marks.append((self._grad_done.pop(label, self._now()), label, "backward done"))
+                self._mark(label, "step")
 
+            def post(opt, args, kwargs, label=label):
+                self._mark(label, "step done")
 
-@contextlib.contextmanager
-def _timed_method(timer: "_Timer", obj: Any, method: str, name: str):
-    """Time calls of ``obj.method`` (an instance attribute shadows the class method meanwhile)."""
-    original = getattr(obj, method)
+            handles += [optimizer.register_step_pre_hook(pre), optimizer.register_step_post_hook(post)]
+            handles += [p.register_post_accumulate_grad_hook(grad_done)
+                        for group in optimizer.param_groups for p in group["params"]]
+        for name, module in self._modules.items():
+            def fwd_pre(mod, args, name=name):
+                self._starts[name] = self._now()
 
-    def wrapped(*args, **kwargs):
-        with timer(name):
-            return original(*args, **kwargs)
+            def fwd_post(mod, args, out, name=name):
+                self._add_part(name, self._starts.pop(name))
 
-    setattr(obj, method, wrapped)
-    try:
-        yield
-    finally:
-        delattr(obj, method)
+            handles += [module.register_forward_pre_hook(fwd_pre), module.register_forward_hook(fwd_post)]
+        for name, (obj, method) in self._methods.items():
+            original = getattr(obj, method)
 
+            def timed(*args, name=name, original=original, **kwargs):
+                start = self._now()
+                try:
+                    return original(*args, **kwargs)
+                finally:
+                    self._add_part(name, start)
 
-def world_model_breakdown(bench: Bench, batch: TensorDict, timer: _Timer) -> None:
-    """One world-model update (the real loss) with its phases timed."""
-    model = bench.world_model
-    parts = {"wm: fwd encoder": model.encoder, "wm: fwd decoder": model.decoder,
-             "wm: fwd reward head": model.reward_head}
-    with timer("wm: forward (total)"), _timed_modules(timer, parts), \
-            _timed_method(timer, model.rssm, "observe", "wm: fwd rssm observe loop"), bench.autocast_ctx():
-        losses = bench.world_model_loss(batch)
-        loss = sum(v for k, v in losses.items() if k.startswith("loss_"))
-    opt = bench.model_opt
-    with timer("wm: backward"):
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-    with timer("wm: clip + adam"):
-        torch.nn.utils.clip_grad_norm_(_params(opt), bench.grad_clip, foreach=True)
-        opt.step()
+            setattr(obj, method, timed)
+            wrapped.append((obj, method))
+        try:
+            yield self
+        finally:
+            for handle in handles:
+                handle.remove()
+            for obj, method in wrapped:
+                delattr(obj, method)
 
-
-def behaviour_breakdown(bench: Bench, batch: TensorDict, timer: _Timer) -> None:
-    with timer("bh: imagine forward"):
-        imagined = imagine_from(bench, batch)
-    with timer("bh: value targets"), bench.autocast_ctx():
-        imagined = bench.value_loss.targets(imagined)
-    with timer("bh: actor loss forward"), bench.autocast_ctx():
-        actor_losses = bench.actor_loss(imagined)
-    with timer("bh: actor backward (through imagination)"):
-        bench.actor_opt.zero_grad(set_to_none=True)
-        actor_losses["loss_actor"].backward()
-    with timer("bh: actor clip + adam"):
-        torch.nn.utils.clip_grad_norm_(_params(bench.actor_opt), bench.grad_clip, foreach=True)
-        bench.actor_opt.step()
-    with timer("bh: critic fwd + bwd + clip + adam"):
-        with bench.autocast_ctx():
-            value_losses = bench.value_loss(imagined)
-        _step(bench.critic_opt, value_losses["loss_value"], _params(bench.critic_opt), bench.grad_clip)
-        bench.target_updater.step()
-
-
-def apply_compile(bench: Bench, what: str) -> None:
-    """``torch.compile`` the ``forward`` of parts of the models in place (compilation happens lazily)."""
-    wm = bench.world_model
-    targets = {"encoder": wm.encoder, "decoder": wm.decoder, "gru": wm.rssm.gru, "actor": bench.actor.net,
-               "critic": bench.critic.net}
-    for part in filter(None, what.split(",")):
-        if part == "img_step":
-            wm.rssm.img_step = torch.compile(wm.rssm.img_step)
-        elif part in targets:
-            targets[part].forward = torch.compile(targets[part].forward)
-        else:
-            raise ValueError(f"--compile part {part!r} is unknown; use {sorted([*targets, 'img_step'])}.")
-        bench.compiled[part] = True
+    def sections(self, fn: Callable[[], Any]) -> tuple[dict[str, float], dict[str, float]]:
+        """Run ``fn`` once under the hooks: ``(sections, parts)`` in seconds."""
+        self.marks, self.parts = [], {}
+        with self.hooks():
+            start = self._now()
+            fn()
+            end = self._now()
+        names = {"zero_grad": "forward", "backward done": "backward", "step": "grad clip", "step done": "adam step"}
+        sections: dict[str, float] = {}
+        previous = start
+        for when, label, event in self.marks:
+            name = f"{label}: {names[event]}"
+            sections[name] = sections.get(name, 0.0) + when - previous
+            previous = when
+        sections["after the last step (slow-critic copy, metrics)"] = end - previous
+        return sections, dict(self.parts)
 
 
 _OP_KINDS = (
@@ -409,18 +350,18 @@ def profile_update(fn: Callable[[], Any], device: torch.device, top: int = 15) -
     return averages.table(sort_by=sort, row_limit=top), kinds
 
 
-def collection_frames_per_s(bench: Bench, env_name: str, steps: int) -> dict[str, float]:
-    """Env frames/s of a TorchRL ``Collector`` loop, with the acting policy and with a random one."""
+def collection_frames_per_s(agent: DreamerV2Agent, env_name: str, steps: int) -> dict[str, float]:
+    """Env frames/s of a TorchRL ``Collector`` loop, with the agent's acting policy and with a random one."""
     from torchrl.collectors import Collector
 
     from coworld_trl.envs import env_info, make_env
+    from coworld_trl.modules.policy import latent_state_primer
 
     result = {}
     for label, random_policy in (("policy", False), ("random", True)):
         env = make_env(env_name, seed=0)
-        env.append_transform(latent_state_primer(bench.world_model))
-        policy = LatentPolicy(bench.world_model, bench.actor, expl_noise=0.3)
-        collector = Collector(env, policy, frames_per_batch=steps // 4, total_frames=steps + steps // 4,
+        env.append_transform(latent_state_primer(agent.world_model))
+        collector = Collector(env, agent.policy(), frames_per_batch=steps // 4, total_frames=steps + steps // 4,
                               init_random_frames=steps + steps // 4 if random_policy else 0)
         batches = iter(collector)
         next(batches)  # warm-up batch: env start, first renders, lazy allocations
@@ -433,92 +374,105 @@ def collection_frames_per_s(bench: Bench, env_name: str, steps: int) -> dict[str
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
+    if args.collect_env:
+        from coworld_trl.envs import env_info
+
+        env_dim = env_info(args.collect_env).action_dim
+        if env_dim != args.action_dim:
+            raise ValueError(f"--collect-env {args.collect_env} has {env_dim}-d actions but --action-dim is "
+                             f"{args.action_dim}; pass --action-dim {env_dim}.")
     kept = keep_freed_memory() if args.keep_freed_memory else False
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     torch.manual_seed(args.seed)
-    bench = build(args.preset, args.action_dim, device, autocast=args.autocast, adam=args.adam)
-    compile_s = None
-    if args.compile:
-        apply_compile(bench, args.compile)
-    batch = make_batch(args.batch, args.seq_len, args.action_dim, device)
+    agent = build(args, device)
+    compiled = apply_compile(agent, args.compile) if args.compile else []
+    generator = torch.Generator().manual_seed(args.seed)
+    batches = {role: make_batch(args.batch, args.seq_len, args.action_dim, device, generator=generator)
+               for role in (("target", "source") if args.coworld else ("batch",))}
+    fns = updates(agent, batches)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
 
-    wm = lambda: world_model_update(bench, batch)  # noqa: E731
-    bh = lambda: behaviour_update(bench, batch)  # noqa: E731
-    if args.compile:
+    def iteration():
+        for fn in fns.values():
+            fn()
+
+    compile_s = None
+    if compiled:
         start = time.perf_counter()
-        wm(), bh(), wm(), bh()
+        iteration(), iteration()
         _sync(device)
         compile_s = time.perf_counter() - start
-    # Interleave the two updates like training does; time each separately.
     for _ in range(args.warmup):
-        wm(), bh()
+        iteration()
     _sync(device)
-    wm_times, bh_times = [], []
-    for _ in range(args.repeats):
-        wm_times += time_fn(wm, device, 1, 0)
-        bh_times += time_fn(bh, device, 1, 0)
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(args.repeats):  # interleaved like training; each update timed on its own
+        for name, fn in fns.items():
+            times[name] += time_fn(fn, device, 1, 0)
     peak_mem = peak_memory_bytes(device)
 
-    wm_flops = count_flops(wm)
-    bh_flops = count_flops(bh)
+    flops = {name: count_flops(fn) for name, fn in fns.items()}
     peak = matmul_peak(device)
-    wm_s, bh_s = statistics.median(wm_times), statistics.median(bh_times)
+    seconds = {name: statistics.median(t) for name, t in times.items()}
 
-    timer = _Timer(device)
-    breakdown_reps = max(1, min(3, args.repeats))
-    for _ in range(breakdown_reps):
-        world_model_breakdown(bench, batch, timer)
-        behaviour_breakdown(bench, batch, timer)
-    breakdown = {k: v / breakdown_reps for k, v in timer.totals.items()}
+    timer = SectionTimer(agent, device)
+    reps = max(1, min(3, args.repeats))
+    breakdown: dict[str, dict[str, float]] = {name: {} for name in fns}
+    parts: dict[str, dict[str, float]] = {name: {} for name in fns}
+    for _ in range(reps):
+        for name, fn in fns.items():
+            sections, inner = timer.sections(fn)
+            for into, new in ((breakdown[name], sections), (parts[name], inner)):
+                for key, value in new.items():
+                    into[key] = into.get(key, 0.0) + value / reps
 
+    dreamer = next(iter(dreamer_agents(agent).values()))
     n_params = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
-    result = dict(
+    result: dict[str, Any] = dict(
+        mode="coworld" if args.coworld else "dreamer", updates=list(fns),
         preset=args.preset, batch=args.batch, seq_len=args.seq_len, device=str(device),
-        threads=torch.get_num_threads(), compile=args.compile or None, autocast=args.autocast, adam=args.adam,
-        keep_freed_memory=kept,
-        torch=torch.__version__, machine=platform.processor() or platform.machine(),
-        params=dict(world_model=n_params(bench.world_model), actor=n_params(bench.actor),
-                    critic=n_params(bench.critic)),
-        world_model_update_s=wm_s, behaviour_update_s=bh_s, total_s=wm_s + bh_s,
-        world_model_update_times=wm_times, behaviour_update_times=bh_times,
-        world_model_flops=wm_flops, behaviour_flops=bh_flops,
-        world_model_gflops_per_s=wm_flops / wm_s / 1e9, behaviour_gflops_per_s=bh_flops / bh_s / 1e9,
-        matmul_peak_gflops_per_s=peak / 1e9,
-        world_model_fraction_of_matmul_peak=wm_flops / wm_s / peak,
-        behaviour_fraction_of_matmul_peak=bh_flops / bh_s / peak,
+        threads=torch.get_num_threads(), compile=",".join(compiled) or None, autocast=args.autocast,
+        keep_freed_memory=kept, torch=torch.__version__, machine=platform.processor() or platform.machine(),
+        params=dict(world_model=n_params(dreamer.world_model), actor=n_params(dreamer.actor),
+                    critic=n_params(dreamer.critic)),
+        total_s=sum(seconds.values()), matmul_peak_gflops_per_s=peak / 1e9,
         peak_memory_bytes=peak_mem,
         peak_memory_kind="cuda max_memory_allocated" if device.type == "cuda" else "process peak RSS",
-        compile_s=compile_s, breakdown_s=breakdown,
+        compile_s=compile_s, breakdown_s=breakdown, parts_s=parts,
     )
+    for name in fns:
+        result.update({
+            f"{name}_update_s": seconds[name], f"{name}_update_times": times[name], f"{name}_flops": flops[name],
+            f"{name}_gflops_per_s": flops[name] / seconds[name] / 1e9,
+            f"{name}_fraction_of_matmul_peak": flops[name] / seconds[name] / peak,
+        })
     if args.collect_env:
         result["collect_env"] = args.collect_env
-        result["collect_frames_per_s"] = collection_frames_per_s(bench, args.collect_env, args.collect_steps)
-    table_wm, result["ops_world_model"] = profile_update(wm, device)
-    table_bh, result["ops_behaviour"] = profile_update(bh, device)
-    if args.profile:
-        result["profile_world_model"], result["profile_behaviour"] = table_wm, table_bh
+        result["collect_frames_per_s"] = collection_frames_per_s(dreamer, args.collect_env, args.collect_steps)
+    for name, fn in fns.items():
+        table, result[f"ops_{name}"] = profile_update(fn, device)
+        if args.profile:
+            result[f"profile_{name}"] = table
     return result
 
 
 def report(r: dict[str, Any]) -> str:
     lines = [
-        f"preset={r['preset']} batch={r['batch']} seq_len={r['seq_len']} device={r['device']} "
-        f"threads={r['threads']} adam={r['adam']} compile={r['compile']} autocast={r['autocast']} "
+        f"{r['mode']}: preset={r['preset']} batch={r['batch']} seq_len={r['seq_len']} device={r['device']} "
+        f"threads={r['threads']} compile={r['compile']} autocast={r['autocast']} "
         f"keep_freed_memory={r['keep_freed_memory']} torch={r['torch']}",
-        f"params: world model {r['params']['world_model'] / 1e6:.2f}M, actor {r['params']['actor'] / 1e6:.2f}M, "
-        f"critic {r['params']['critic'] / 1e6:.2f}M",
+        f"params (each agent): world model {r['params']['world_model'] / 1e6:.2f}M, "
+        f"actor {r['params']['actor'] / 1e6:.2f}M, critic {r['params']['critic'] / 1e6:.2f}M",
         "",
         f"{'update':<14}{'median s':>10}{'min s':>9}{'GFLOP':>9}{'GFLOP/s':>9}{'of peak':>9}",
     ]
-    for name, key, flops in (("world model", "world_model", r["world_model_flops"]),
-                             ("behaviour", "behaviour", r["behaviour_flops"])):
-        s = r[f"{key}_update_s"]
-        lines.append(f"{name:<14}{s:>10.4f}{min(r[f'{key}_update_times']):>9.4f}{flops / 1e9:>9.2f}"
-                     f"{r[f'{key}_gflops_per_s']:>9.1f}{r[f'{key}_fraction_of_matmul_peak']:>9.1%}")
+    for name in r["updates"]:
+        lines.append(f"{name.replace('_', ' '):<14}{r[f'{name}_update_s']:>10.4f}{min(r[f'{name}_update_times']):>9.4f}"
+                     f"{r[f'{name}_flops'] / 1e9:>9.2f}{r[f'{name}_gflops_per_s']:>9.1f}"
+                     f"{r[f'{name}_fraction_of_matmul_peak']:>9.1%}")
     lines.append(f"{'total':<14}{r['total_s']:>10.4f}")
     lines += [
         f"fp32 matmul peak (2048^3, same threads): {r['matmul_peak_gflops_per_s']:.1f} GFLOP/s",
@@ -529,35 +483,32 @@ def report(r: dict[str, Any]) -> str:
         lines.append(f"collection loop on {r['collect_env']} (env frames/s): with the acting policy "
                      f"{fps['policy']:.1f}, random policy {fps['random']:.1f}")
     if r["compile_s"] is not None:
-        lines.append(f"compile + first two updates: {r['compile_s']:.1f} s")
-    lines += ["", f"{'breakdown (one update, timed sections)':<46}{'s':>8}{'share':>8}"]
-    top = {k: v for k, v in r["breakdown_s"].items() if ": fwd " not in k}
-    wm_total = sum(v for k, v in top.items() if k.startswith("wm:"))
-    bh_total = sum(v for k, v in top.items() if k.startswith("bh:"))
-    subs = [k for k in r["breakdown_s"] if ": fwd " in k]
-    order = []
-    for k in top:
-        order += [k] + (subs if k == "wm: forward (total)" else [])
-    for k in order:
-        v = r["breakdown_s"][k]
-        total = wm_total if k.startswith("wm:") else bh_total
-        label = "    " + k[4:].replace("fwd ", "") if ": fwd " in k else k
-        lines.append(f"{label:<46}{v:>8.4f}{v / total:>8.1%}")
-    for key, title in (("ops_world_model", "world model"), ("ops_behaviour", "behaviour")):
-        if key in r:
-            cats = r[key]
-            total = sum(cats.values())
-            lines.append(f"{title} self time by op kind (torch.profiler): " + ", ".join(
-                f"{k} {v / total:.0%}" for k, v in sorted(cats.items(), key=lambda kv: -kv[1])))
-    for key in ("profile_world_model", "profile_behaviour"):
-        if key in r:
-            lines += ["", key.replace("_", " ") + " (top ops by self time):", r[key]]
+        lines.append(f"compile + first two iterations: {r['compile_s']:.1f} s")
+    for name in r["updates"]:
+        sections, parts = r["breakdown_s"][name], r["parts_s"][name]
+        total = sum(sections.values())
+        lines += ["", f"{name.replace('_', ' ') + ' update, by section (hooks, one update)':<60}{'s':>8}{'share':>8}"]
+        for key, value in sections.items():
+            lines.append(f"{key:<60}{value:>8.4f}{value / total:>8.1%}")
+        for key, value in parts.items():
+            lines.append(f"{'    inside the forwards: ' + key:<60}{value:>8.4f}{value / total:>8.1%}")
+    for name in r["updates"]:
+        kinds = r.get(f"ops_{name}")
+        if kinds:
+            total = sum(kinds.values())
+            lines.append(f"{name.replace('_', ' ')} self time by op kind (torch.profiler): " + ", ".join(
+                f"{k} {v / total:.0%}" for k, v in sorted(kinds.items(), key=lambda kv: -kv[1])))
+    for name in r["updates"]:
+        if f"profile_{name}" in r:
+            lines += ["", f"{name.replace('_', ' ')} update (top ops by self time):", r[f"profile_{name}"]]
     return "\n".join(lines)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--preset", choices=sorted(PRESETS), default="reference")
+    p.add_argument("--coworld", action="store_true",
+                   help="time one CoWorld iteration (target update + source update with relabelling)")
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--seq-len", type=int, default=16)
     p.add_argument("--action-dim", type=int, default=6)
@@ -566,11 +517,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--threads", type=int, default=0, help="torch.set_num_threads (0: leave as is)")
     p.add_argument("--compile", nargs="?", const="encoder,decoder", default="",
-                   help="torch.compile parts: comma list of encoder,decoder,gru,img_step,actor,critic "
-                        "(bare flag: encoder,decoder)")
-    p.add_argument("--autocast", action="store_true", help="bfloat16 autocast around the forward passes")
-    p.add_argument("--adam", choices=ADAM_IMPLS, default="fused",
-                   help="torch Adam implementation (same algorithm); fused is fastest on CPU")
+                   help=f"torch.compile parts: comma list of {','.join(COMPILE_PARTS)} (bare flag: encoder,decoder, "
+                        f"as train.compile)")
+    p.add_argument("--autocast", action="store_true", help="the agent's bf16 autocast around the forward passes")
     p.add_argument("--keep-freed-memory", action=argparse.BooleanOptionalAction, default=True,
                    help="glibc keeps freed memory (no mmap, no trim), as training does by default")
     p.add_argument("--profile", action="store_true", help="also print torch.profiler top ops")

@@ -146,8 +146,9 @@ def test_finetune_with_ewc_resumes_in_its_finetuning_phase_and_anchors_to_the_pr
     assert any(name == "dmc/cartpole_balance" for name, _ in envs_made)  # pretraining acts in the source
 
 
-@pytest.mark.parametrize("recipe", [f"{method}_{benchmark}" for method in ("offline_dv2", "finetune")
-                                    for benchmark in ("dmc", "metaworld", "robodesk")])
+@pytest.mark.parametrize("recipe", [
+    pytest.param(f"{method}_{benchmark}", marks=[pytest.mark.slow] if benchmark != "dmc" else [])
+    for method in ("offline_dv2", "finetune") for benchmark in ("dmc", "metaworld", "robodesk")])
 def test_baseline_recipes_compose_their_presets(tmp_path, recipe):
     """Every baseline recipe composes (``--cfg job``) with the paper preset's schedule lengths."""
     env = {**os.environ, "MUJOCO_GL": os.environ.get("MUJOCO_GL", "egl")}
@@ -243,10 +244,11 @@ RECIPE_RUNS = {
 
 
 @pytest.mark.parametrize("recipe", [
-    pytest.param(name, marks=[pytest.mark.slow] if not name.endswith("dmc") else [])
+    pytest.param(name, marks=[pytest.mark.slow] if name != "offline_dv2_dmc" else [])
     for name in RECIPE_RUNS])
 def test_baseline_recipes_run_end_to_end_as_users_run_them(tmp_path, recipe):
-    """``python recipes/<recipe>.py`` with tiny sizes: makes its small dataset, trains, evaluates twice
+    """``python recipes/<recipe>.py`` with tiny sizes (all but one marked slow: the schedules themselves
+    run in the suite above, in process): makes its small dataset, trains, evaluates twice
     (return, value bias, success where the env has it), checkpoints; a re-run says it is finished."""
     if "robodesk" in recipe:
         pytest.importorskip("robodesk")

@@ -148,12 +148,14 @@ def test_coworld_recipe_runs_end_to_end_then_says_finished(tmp_path):
     assert [r["updates"] for r in results] == [4 + 11, 8 + 15]
     config = yaml.safe_load((out / "config.yaml").read_text())
     assert config["coupling"]["beta"] == 1.5 and config["sources"] == ["dmc/walker_walk"]
+    assert config["dataset"] == str(tmp_path / "random-2ep")  # the dataset used, made on the fly
     assert (out / "checkpoint.pt").exists() and list((out / "logs" / "videos").glob("*.mp4"))
     assert (out / "logs" / "scalars" / "eval" / "value_bias.csv").exists()
     again = run_recipe([*TINY, f"output_dir={out}", f"dataset={tmp_path / 'ds'}"], tmp_path)
     assert again.returncode == 0 and "finished" in again.stderr + again.stdout
 
 
+@pytest.mark.slow
 def test_coworld_recipe_with_the_official_warmup(tmp_path):
     """schedule.warmup_rounds=1: after pretraining, 3 world-model-only target updates and an online
     phase of 2 source updates come before the two rounds (evaluations every 3 target updates)."""
@@ -198,6 +200,7 @@ def test_missing_dataset_names_the_collect_command(tmp_path):
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("recipe, target_dim", [("coworld_metaworld", 4), ("coworld_robodesk", 5)])
 def test_metaworld_and_robodesk_recipes_run_end_to_end(tmp_path, recipe, target_dim):
     """Meta-World -> Meta-World and Meta-World (4-d, padded) -> RoboDesk (5-d): the quick

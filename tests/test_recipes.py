@@ -3,11 +3,16 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+import pytest
 import yaml
+
+from coworld_trl.training.checkpoint import load_checkpoint
 
 RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "dreamer_dmc.py"
 TINY = [
@@ -61,6 +66,7 @@ def test_recipe_wrongly_typed_override_is_refused_by_the_schema(tmp_path):
     assert not out.exists()
 
 
+@pytest.mark.slow
 def test_recipe_multirun_sweeps_seeds_into_separate_run_folders(tmp_path):
     """``-m train.seed=0,1`` runs both jobs in one process, each into its own run folder with its own seed."""
     proc = run_recipe(["-m", *TINY, f"output_dir={tmp_path}/seed${{train.seed}}", "train.seed=0,1"], cwd=tmp_path)
@@ -93,3 +99,35 @@ def test_recipes_compose_the_yaml_presets_and_refuse_fields_they_do_not_read(tmp
                              cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert refused.returncode != 0 and "train.total_frames" in refused.stderr
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("signum", [pytest.param(signal.SIGINT, marks=pytest.mark.slow), signal.SIGTERM])
+def test_a_signal_mid_run_checkpoints_and_the_rerun_resumes_with_the_right_counts(tmp_path, signum):
+    """Ctrl-C or a scheduler's SIGTERM: the current update finishes, a checkpoint is written, the process
+    exits with 128 + signal and one line saying how to resume; the same command then finishes the run
+    with the counts of an uninterrupted one (100 collections of 5 steps, updates from the 10th)."""
+    out = tmp_path / "run"
+    overrides = [*TINY, "env.name=dmc/cartpole_balance", "env.action_repeat=8", "env.fast_render=true",
+                 "train.total_frames=4000", "train.prefill_frames=400", "logger.checkpoint_every_updates=100000",
+                 f"output_dir={out}"]
+    env = {**os.environ, "MUJOCO_GL": os.environ.get("MUJOCO_GL", "egl")}
+    env.pop("HYDRA_FULL_ERROR", None)
+    proc = subprocess.Popen([sys.executable, str(RECIPE), *overrides], cwd=tmp_path, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 240
+    while not (out / "replay").exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.2)
+    time.sleep(4)
+    proc.send_signal(signum)
+    stderr = proc.communicate(timeout=240)[1]
+    assert proc.returncode == 128 + signum, stderr[-2000:]
+    last = stderr.strip().splitlines()[-1]
+    assert last.startswith(f"error: {signal.Signals(signum).name} at ") and "re-run the same command to resume" in last
+    checkpointed = load_checkpoint(out / "checkpoint.pt")["progress"]
+    assert 0 < checkpointed["frames"] < 4000 and not checkpointed["finished"]
+
+    resumed = run_recipe(overrides, cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"resuming {out} at {checkpointed['frames']} frames" in resumed.stdout + resumed.stderr
+    final = load_checkpoint(out / "checkpoint.pt")["progress"]
+    assert final["finished"] and (final["frames"], final["updates"]) == (4000, 100 - 10 + 1)

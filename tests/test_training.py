@@ -463,3 +463,29 @@ def test_report_table_lists_each_run_and_summarises_seeds_per_setup(tmp_path, ca
     assert "- alone: n = 1, final return 2.00, final value bias +2.00" in out
     with pytest.raises(SystemExit, match="no results file at .*missing/results.jsonl"):
         report_main(["table", str(tmp_path / "missing")])
+
+
+def test_report_curve_plots_any_agents_results_against_a_chosen_counter(tmp_path):
+    """``report curve --x`` takes any counter the results records carry (a CoWorld run's target updates);
+    one the records lack is refused in one line listing the ones they have."""
+    run = tmp_path / "cw"
+    run.mkdir()
+    records = [{"frames": 4000, "updates": 200, "target_updates": 100, "source_updates": 100,
+                "eval/return_mean": 1.0, "eval/return_std": 0.5},
+               {"frames": 4400, "updates": 400, "target_updates": 200, "source_updates": 200,
+                "eval/return_mean": 2.0, "eval/return_std": 0.5}]
+    (run / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    report_main(["curve", str(run / "results.jsonl"), "-o", str(tmp_path / "c.png"), "--x", "target_updates"])
+    assert (tmp_path / "c.png").stat().st_size > 1000
+    with pytest.raises(SystemExit, match="no 'behaviour_updates' counter; use --x with one of frames, updates, "
+                                         "target_updates, source_updates"):
+        report_main(["curve", str(run / "results.jsonl"), "-o", str(tmp_path / "d.png"), "--x", "behaviour_updates"])
+
+
+def test_an_unwritable_or_foreign_output_dir_is_refused_in_one_line(tmp_path):
+    config = to_dict(dreamer_config("quick", output_dir=str(tmp_path)))
+    (tmp_path / "file").write_text("not a folder")
+    with pytest.raises(ValueError) as info:
+        RunDirectory(tmp_path / "file" / "run", config)
+    assert "output_dir=" in str(info.value) and "is not a writable folder" in str(info.value)
+    assert "\n" not in str(info.value) and (tmp_path / "file").read_text() == "not a folder"

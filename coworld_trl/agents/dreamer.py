@@ -17,6 +17,7 @@ import torch
 from tensordict import TensorDict, TensorDictBase
 from torch import nn
 
+from coworld_trl.errors import CoWorldError
 from coworld_trl.modules import Actor, LatentPolicy, ScalarHead, WorldModel, make_world_model, require
 from coworld_trl.objectives import (
     ActorLoss,
@@ -82,7 +83,7 @@ class AgentConfig:
 NAN_POLICIES = ("raise", "skip")
 
 
-class NonFiniteLossError(RuntimeError):
+class NonFiniteLossError(CoWorldError, RuntimeError):
     """A loss term came out NaN or infinite (``nan_policy="raise"``)."""
 
 

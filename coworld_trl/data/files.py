@@ -28,11 +28,13 @@ from pathlib import Path
 import torch
 from tensordict import TensorDict
 
+from coworld_trl.errors import CoWorldError
+
 TENSORDICT_META = "meta.json"  # tensordict's per-directory index of leaves
 CHECKSUM_ALGORITHM = "sha256"
 
 
-class DatasetError(ValueError):
+class DatasetError(CoWorldError, ValueError):
     """A dataset or input file is unusable; the message names the file, the problem and the fix."""
 
 

@@ -34,6 +34,7 @@ from torchrl.envs import (Compose, DoubleToFloat, EnvBase, EnvCreator, ExcludeTr
 from torchrl.data import Categorical
 from torchrl.envs.libs.gym import default_info_dict_reader
 
+from coworld_trl.errors import ConfigError, MissingDependencyError
 from coworld_trl.envs.transforms import PadAction
 
 MIN_IMAGE_SIZE, MAX_IMAGE_SIZE = 16, 512
@@ -123,14 +124,14 @@ def _parse(name: str) -> tuple[str, str]:
     """``"dmc/walker_walk"`` -> ``("dmc", "walker_walk")``, or a one-line error listing the valid names."""
     family, _, task = name.partition("/")
     if family not in FAMILIES:
-        raise ValueError(f"unknown environment {name!r}: the family must be one of {', '.join(FAMILIES)} "
+        raise ConfigError(f"unknown environment {name!r}: the family must be one of {', '.join(FAMILIES)} "
                          f"(e.g. dmc/walker_walk); `python -m coworld_trl.envs list` prints every name.")
     try:
         names = _family_names(family)
     except ImportError as err:
-        raise ImportError(f"{name!r} needs the {family} package, which is not installed: {INSTALL_HINTS[family]}") from err
+        raise MissingDependencyError(f"{name!r} needs the {family} package, which is not installed: {INSTALL_HINTS[family]}") from err
     if name not in names:
-        raise ValueError(f"unknown environment {name!r}; valid {family} names: {', '.join(names)}")
+        raise ConfigError(f"unknown environment {name!r}; valid {family} names: {', '.join(names)}")
     return family, task
 
 
@@ -161,11 +162,11 @@ def make_env(
         state: also return the simulator state vector as float32 ``observation``.
     """
     if not MIN_IMAGE_SIZE <= image_size <= MAX_IMAGE_SIZE:
-        raise ValueError(f"image_size={image_size} is out of range; use {MIN_IMAGE_SIZE}..{MAX_IMAGE_SIZE} (64 in the paper).")
+        raise ConfigError(f"image_size={image_size} is out of range; use {MIN_IMAGE_SIZE}..{MAX_IMAGE_SIZE} (64 in the paper).")
     family, task = _parse(name)
     action_repeat = DEFAULT_ACTION_REPEAT[family] if action_repeat is None else action_repeat
     if not 1 <= action_repeat <= MAX_ACTION_REPEAT:
-        raise ValueError(f"action_repeat={action_repeat} is out of range; use 1..{MAX_ACTION_REPEAT} "
+        raise ConfigError(f"action_repeat={action_repeat} is out of range; use 1..{MAX_ACTION_REPEAT} "
                          f"({DEFAULT_ACTION_REPEAT[family]} for {family}).")
     kwargs = dict(seed=seed, image_size=image_size, action_repeat=action_repeat, fast_render=fast_render)
     transforms = [PermuteTransform((-1, -3, -2), in_keys=["pixels"]), InitTracker(), DoubleToFloat()]
@@ -196,7 +197,7 @@ def make_batched_env(name: str, num_envs: int, *, parallel: bool = True, seed: i
     """``num_envs`` copies of ``name`` in TorchRL's ``ParallelEnv`` (one process each) or
     ``SerialEnv``; copy ``i`` is seeded ``seed + i``. Keyword args go to :func:`make_env`."""
     if num_envs < 1:
-        raise ValueError(f"num_envs={num_envs}; use at least 1.")
+        raise ConfigError(f"num_envs={num_envs}; use at least 1.")
     _parse(name)  # fail here, not in a worker process
     creators = [EnvCreator(functools.partial(make_env, name, seed=seed + i, **kwargs)) for i in range(num_envs)]
     return (ParallelEnv if parallel else SerialEnv)(num_envs, creators)

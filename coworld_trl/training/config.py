@@ -27,6 +27,7 @@ from typing import Any, Optional
 import yaml
 
 from coworld_trl.agents import AgentConfig, CouplingConfig, ModelConfig
+from coworld_trl.errors import ConfigError
 from coworld_trl.training.schedules import (
     EWCConfig,
     FinetuneScheduleConfig,
@@ -109,12 +110,14 @@ class EvalConfig:
 @dataclass
 class LoggerConfig:
     """Where metrics go; scalars are averaged over ``log_every_updates`` updates; a checkpoint
-    every ``checkpoint_every_updates`` updates of any agent."""
+    every ``checkpoint_every_updates`` updates of any agent and every ``checkpoint_every_minutes``
+    of wall clock (0: off), so a killed run loses minutes."""
 
     backend: str = "csv"
     project: str = "coworld_trl"
     log_every_updates: int = 100
     checkpoint_every_updates: int = 10_000
+    checkpoint_every_minutes: float = 5.0
 
 
 @dataclass
@@ -208,7 +211,7 @@ def _merge(config, overrides: dict[str, Any]):
     for key, value in overrides.items():
         if not hasattr(config, key):
             valid = ", ".join(f.name for f in fields(config))
-            raise ValueError(f"unknown config key {key!r} in {type(config).__name__}; valid keys: {valid}")
+            raise ConfigError(f"unknown config key {key!r} in {type(config).__name__}; valid keys: {valid}")
         current = getattr(config, key)
         if is_dataclass(current) and isinstance(value, dict):
             _merge(current, value)
@@ -222,7 +225,7 @@ def read_preset(group: str, name: str) -> dict[str, Any]:
     path = PRESET_DIR / group / f"{name}.yaml"
     if not path.exists():
         options = sorted(p.stem for p in (PRESET_DIR / group).glob("*.yaml"))
-        raise ValueError(f"unknown {group} {name!r}; use one of {', '.join(options)}")
+        raise ConfigError(f"unknown {group} {name!r}; use one of {', '.join(options)}")
     return yaml.safe_load(path.read_text()) or {}
 
 
@@ -235,7 +238,7 @@ def recipe_config(schema: type, preset: str = "paper", benchmark: str | None = N
     if (PRESET_DIR / f"{agent}_benchmark").is_dir():
         _merge(config, read_preset(f"{agent}_benchmark", benchmark or "dmc"))
     elif benchmark is not None:
-        raise ValueError(f"{schema.__name__} has no benchmark presets; leave benchmark unset")
+        raise ConfigError(f"{schema.__name__} has no benchmark presets; leave benchmark unset")
     _merge(config, read_preset("preset", preset))
     _merge(config, read_preset(f"{agent}_preset", preset))
     return _merge(config, overrides)
@@ -303,7 +306,7 @@ def validate(config) -> None:
     checks += _agent_checks(config)
     for ok, message in checks:
         if not ok:
-            raise ValueError(message)
+            raise ConfigError(message)
 
 
 def _agent_checks(config) -> list[tuple[bool, str]]:

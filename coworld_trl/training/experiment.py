@@ -16,7 +16,11 @@ aggregation are written here, once:
 * metrics: every update's detached metrics are summed per prefix on the device and averaged
   over the logging interval (one host sync per interval);
 * callbacks: ``on_collect(experiment, batch)``, ``on_eval(experiment, metrics)``,
-  ``on_checkpoint(experiment)``.
+  ``on_checkpoint(experiment)``;
+* signals: SIGINT (Ctrl-C) or SIGTERM (a scheduler's preemption) lets the current update
+  finish, writes a checkpoint and raises :class:`RunInterrupted` (one line: how to resume); a
+  second signal stops at once. A checkpoint is also written every
+  ``logger.checkpoint_every_minutes`` of wall clock, so a SIGKILL loses minutes.
 
 Re-running with the same output directory resumes from the last checkpoint; a finished run
 says so and exits.
@@ -25,6 +29,8 @@ from __future__ import annotations
 
 import logging
 import random
+import signal
+import threading
 import time
 from dataclasses import asdict, dataclass
 from typing import Any, Protocol, Sequence
@@ -35,6 +41,7 @@ from tensordict import TensorDictBase
 from tqdm import tqdm
 
 from coworld_trl.agents import NonFiniteLossError
+from coworld_trl.errors import CoWorldError
 from coworld_trl.training.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from coworld_trl.training.config import to_dict, validate
 from coworld_trl.training.logging import log_metrics, make_logger
@@ -114,6 +121,40 @@ class MetricAggregator:
         self._sums.clear()
         self._counts.clear()
         return scalars, skipped
+
+
+class RunInterrupted(CoWorldError):
+    """A run stopped on SIGINT or SIGTERM after writing its checkpoint."""
+
+    def __init__(self, message: str, signum: int):
+        super().__init__(message)
+        self.exit_code = 128 + signum
+
+
+class _StopOnSignal:
+    """SIGINT and SIGTERM set ``experiment.interrupted``; a second one raises KeyboardInterrupt.
+    Handlers are installed only in the main thread and restored on exit."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self, experiment: "Experiment"):
+        self.experiment, self.previous = experiment, {}
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            self.previous = {signum: signal.signal(signum, self._handle) for signum in self.SIGNALS}
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        if self.experiment.interrupted is not None:
+            raise KeyboardInterrupt(f"second {signal.Signals(signum).name}: stopped without a checkpoint")
+        self.experiment.interrupted = signum
+        log.warning("%s: finishing the current update, then writing a checkpoint (again to stop at once)",
+                    signal.Signals(signum).name)
+
+    def __exit__(self, *exc) -> None:
+        for signum, handler in self.previous.items():
+            signal.signal(signum, handler)
 
 
 class Callback:
@@ -217,6 +258,8 @@ class Experiment:
                        "checkpoint": Every(config.logger.checkpoint_every_updates)}
         self.metrics = MetricAggregator()
         self.stop_requested = False
+        self.interrupted: int | None = None  # the signal number, once SIGINT or SIGTERM arrived
+        self._last_save = time.time()
         self._bar: tqdm | None = None
         self._last_flush = (time.time(), 0)
 
@@ -235,6 +278,7 @@ class Experiment:
             "schedule": self.schedule.state_dict(),
             "rng": rng_state(),
         })
+        self._last_save = time.time()
         for callback in self.callbacks:
             callback.on_checkpoint(self)
 
@@ -269,7 +313,9 @@ class Experiment:
             self.log({f"train/{name}_episode_return" if name else "train/episode_return": returns.mean().item()})
 
     def tick(self) -> None:
-        """Run whatever clock is due: log the aggregated metrics, evaluate, checkpoint."""
+        """Run whatever clock is due: log the aggregated metrics, evaluate, checkpoint (every
+        ``checkpoint_every_updates`` updates or ``checkpoint_every_minutes``); after a signal,
+        checkpoint and raise :class:`RunInterrupted`."""
         updates = self.progress.updates
         if self._bar is not None:
             self._bar.update(self.schedule.bar()[1] - self._bar.n)
@@ -277,8 +323,15 @@ class Experiment:
             self.flush_metrics()
         if self.schedule.eval_count() and self.clocks["eval"](self.schedule.eval_count()):
             self.evaluate()
-        if updates and self.clocks["checkpoint"](updates):
+        minutes = self.config.logger.checkpoint_every_minutes
+        overdue = minutes > 0 and time.time() - self._last_save >= 60 * minutes
+        if self.interrupted is not None or (updates and (self.clocks["checkpoint"](updates) or overdue)):
+            self.clocks["checkpoint"].last = updates
             self.save()
+        if self.interrupted is not None:
+            name = signal.Signals(self.interrupted).name
+            raise RunInterrupted(f"{name} at {self._describe()}: checkpoint written to {self.run_dir.checkpoint}; "
+                                 f"re-run the same command to resume", self.interrupted)
 
     def log(self, scalars: dict[str, float]) -> None:
         log_metrics(self.logger, scalars, self.schedule.log_step())
@@ -328,7 +381,8 @@ class Experiment:
         total, done, unit = self.schedule.bar()
         self._bar = tqdm(total=total, initial=done, unit=unit, dynamic_ncols=True, mininterval=2.0)
         try:
-            self.schedule.run(self)
+            with _StopOnSignal(self):
+                self.schedule.run(self)
         except NonFiniteLossError as err:
             raise NonFiniteLossError(
                 f"{err} at update {self.progress.updates + 1}; the last checkpoint {self.run_dir.checkpoint} "
@@ -342,7 +396,10 @@ class Experiment:
             self.evaluate()
         p.finished = True
         self.save()
-        log.info("run finished (%s); results in %s", self._describe(), self.run_dir.results)
+        final = self.run_dir.read_results()[-1]
+        bias = f", value bias {final['eval/value_bias']:+.2f}" if "eval/value_bias" in final else ""
+        log.info("run finished (%s): eval return %.1f%s; results in %s", self._describe(), final["eval/return_mean"],
+                 bias, self.run_dir.results)
         return p
 
     def _describe(self) -> str:

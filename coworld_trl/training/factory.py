@@ -70,9 +70,10 @@ def make_evaluator(config, agent, env_name: str, *, logger: Logger, device: torc
 
 
 def open_target_dataset(config) -> OfflineDataset:
-    """The target dataset of a CoWorld config. When it is missing and ``make_dataset_episodes``
-    > 0, a small random-policy dataset is made next to it, named for what it is
-    (``<dataset parent>/random-<N>ep``), and used instead."""
+    """The target dataset of an offline agent's config. When it is missing and
+    ``make_dataset_episodes`` > 0, a small random-policy dataset is made next to it, named for
+    what it is (``<dataset parent>/random-<N>ep``), and used instead; ``config.dataset`` then
+    names the dataset used, so the run's ``config.yaml`` records it."""
     path = Path(config.dataset)
     if not (path / "metadata.json").exists():
         if config.make_dataset_episodes <= 0:
@@ -95,6 +96,7 @@ def open_target_dataset(config) -> OfflineDataset:
     if dataset.metadata.env not in (None, config.target.name):
         raise DatasetError(f"{path} was made on {dataset.metadata.env}, but the target env is {config.target.name}; "
                            f"point dataset= at a {config.target.name} dataset.")
+    config.dataset = str(path)
     return dataset
 
 

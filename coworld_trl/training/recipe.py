@@ -4,13 +4,18 @@ A recipe is a YAML file in ``recipes/config`` whose defaults list starts with a 
 :data:`~coworld_trl.training.config.SCHEMAS` and selects presets from
 ``coworld_trl/training/presets`` (on Hydra's search path through the recipe's
 ``hydra.searchpath``); :func:`hydra_recipe` turns the composed config into the schema's
-dataclass and runs it.
+dataclass and runs it. The library's user-facing errors (:class:`~coworld_trl.errors.CoWorldError`)
+end the process with their one-line message and a non-zero exit (``HYDRA_FULL_ERROR=1``
+re-raises them with the traceback).
 """
 from __future__ import annotations
 
+import os
+import sys
 from pathlib import Path
 from typing import Callable
 
+from coworld_trl.errors import CoWorldError
 from coworld_trl.training.config import SCHEMAS, from_dict, register_hydra_schemas
 
 
@@ -27,6 +32,12 @@ def hydra_recipe(config_name: str, config_dir: str | Path, run: Callable, schema
 
     @hydra.main(config_path=str(Path(config_dir).resolve()), config_name=config_name, version_base=None)
     def main(cfg) -> None:
-        run(from_dict(SCHEMAS[schema], OmegaConf.to_container(cfg, resolve=True)))
+        try:
+            run(from_dict(SCHEMAS[schema], OmegaConf.to_container(cfg, resolve=True)))
+        except CoWorldError as err:
+            if os.environ.get("HYDRA_FULL_ERROR") == "1":
+                raise
+            print(f"error: {err}", file=sys.stderr)  # one line, no traceback
+            sys.exit(err.exit_code)
 
     return main

@@ -52,8 +52,14 @@ def results_table(run_dirs: list[Path]) -> str:
     return "\n".join(lines)
 
 
-def plot_curves(results: list[Path], output: Path, *, baseline: float | None = None, title: str = "") -> None:
-    """Eval return (mean +- std over episodes) against env frames, one line per results file."""
+X_AXES = ("frames", "updates", "target_updates", "source_updates", "behaviour_updates")
+
+
+def plot_curves(results: list[Path], output: Path, *, baseline: float | None = None, title: str = "",
+                x: str = "frames") -> None:
+    """Eval return (mean +- std over episodes) against ``x`` (a counter every results record of the
+    run has: ``frames``, ``updates``, or its agent's ``target_updates``, ``source_updates``,
+    ``behaviour_updates``), one line per results file."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -62,19 +68,22 @@ def plot_curves(results: list[Path], output: Path, *, baseline: float | None = N
     fig, ax = plt.subplots(figsize=(6, 4))
     for path in results:
         records = read_results(path)
-        frames = [r["frames"] for r in records]
+        if any(x not in r for r in records):
+            raise ValueError(f"{path} has no {x!r} counter; use --x with one of "
+                             f"{', '.join(k for k in X_AXES if all(k in r for r in records))}")
+        frames = [r[x] for r in records]
         mean = torch.tensor([r["eval/return_mean"] for r in records])
         std = torch.tensor([r["eval/return_std"] for r in records])
         line, = ax.plot(frames, mean, marker="o", label=f"{Path(path).parent.name} eval")
         ax.fill_between(frames, mean - std, mean + std, alpha=0.2, color=line.get_color())
         train_csv = Path(path).parent / "logs" / "scalars" / "train" / "episode_return.csv"
-        if train_csv.exists():
+        if train_csv.exists() and x == "frames":
             steps, values = zip(*(map(float, row.split(",")) for row in train_csv.read_text().split()))
             ax.plot(steps, values, linewidth=0.8, alpha=0.6, color=line.get_color(), linestyle=":",
                     label=f"{Path(path).parent.name} training episodes")
     if baseline is not None:
         ax.axhline(baseline, color="gray", linestyle="--", label="random policy")
-    ax.set_xlabel("environment frames")
+    ax.set_xlabel({"frames": "environment frames"}.get(x, x.replace("_", " ")))
     ax.set_ylabel("eval return")
     ax.set_title(title)
     ax.legend()
@@ -96,6 +105,8 @@ def main(argv: list[str] | None = None) -> None:
     curve.add_argument("-o", "--output", type=Path, required=True)
     curve.add_argument("--baseline", type=float)
     curve.add_argument("--title", default="")
+    curve.add_argument("--x", choices=X_AXES, default="frames",
+                       help="x-axis counter (offline agents: updates, target_updates or behaviour_updates)")
     table = sub.add_parser("table", help="markdown table of eval returns and value bias of run folders")
     table.add_argument("runs", nargs="+", type=Path)
     args = parser.parse_args(argv)
@@ -110,7 +121,10 @@ def main(argv: list[str] | None = None) -> None:
         except (FileNotFoundError, ValueError) as err:
             raise SystemExit(f"error: {err}") from None
     else:
-        plot_curves(args.results, args.output, baseline=args.baseline, title=args.title)
+        try:
+            plot_curves(args.results, args.output, baseline=args.baseline, title=args.title, x=args.x)
+        except (FileNotFoundError, ValueError) as err:
+            raise SystemExit(f"error: {err}") from None
 
 
 if __name__ == "__main__":

@@ -7,6 +7,8 @@ from typing import Any
 
 import yaml
 
+from coworld_trl.errors import ConfigError
+
 
 def _flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
     flat = {}
@@ -29,7 +31,14 @@ class RunDirectory:
 
     def __init__(self, path: str | Path, config: dict[str, Any]):
         self.path = Path(path)
-        self.path.mkdir(parents=True, exist_ok=True)
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+            probe = self.path / ".writable"
+            probe.touch()
+            probe.unlink()
+        except OSError as err:
+            raise ConfigError(f"output_dir={self.path} is not a writable folder ({err.strerror}); "
+                              "choose another output_dir") from None
         config_file = self.path / "config.yaml"
         if config_file.exists():
             stored = yaml.safe_load(config_file.read_text()) or {}
