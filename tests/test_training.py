@@ -383,7 +383,7 @@ def test_online_loop_resumes_after_a_kill(tmp_path, monkeypatch, caplog):
     lost = resumed["episodes_in_files"][70:80]  # the two batches written after the checkpoint
     assert len(lost) == 10 and (lost == resumed["episodes_in_files"][69]).all()  # the interrupted episode
     stored = OnlineReplay(tmp_path / "replay", capacity=1_000, seq_len=8)
-    stored.load_state_dict(load_checkpoint(tmp_path / "checkpoint.pt")["schedule"]["replay"])
+    stored.load_state_dict(load_checkpoint(tmp_path / "checkpoint.pt")["schedule"]["replays"][0])
     episodes = stored.buffer.storage[:]["episode"]
     assert episodes[70] > resumed["episodes_in_files"].max(), "the episode after the resume reuses an id from the files"
     assert counters.finished and counters.frames == config.train.total_frames

@@ -134,7 +134,8 @@ class RunConfig:
 
 @dataclass
 class DreamerConfig(RunConfig):
-    """``recipes/dreamer_dmc.py``: online DreamerV2 on one env."""
+    """``recipes/dreamer_dmc.py`` (and the agent ``collect_dataset.py`` trains): online DreamerV2
+    on one env, for ``train.total_frames``."""
 
     env: EnvConfig = field(default_factory=EnvConfig)
     train: OnlineTrainConfig = field(default_factory=OnlineTrainConfig)

@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from coworld_trl.training.schedules.online import OnlineSource, Progress, compile_networks
+from coworld_trl.training.schedules.online import OnlineSource, Progress, Schedule, compile_networks
 
 if TYPE_CHECKING:
     from coworld_trl.training.config import DreamerConfig
@@ -63,7 +63,7 @@ class OfflineProgress(Progress):
     behaviour_updates: int = 0
 
 
-class OfflineDreamer:
+class OfflineDreamer(Schedule):
     """Offline DV2: DreamerV2 on the offline dataset only, never acting in an env except to be
     evaluated. Reads an :class:`~coworld_trl.training.config.OfflineDV2Config`;
     ``eval.every_updates`` counts actor-critic updates."""
@@ -96,14 +96,8 @@ class OfflineDreamer:
             self.progress.phase = "joint"
         return self.agent
 
-    def evaluated(self):
-        return self.agent, self.config.target.name
-
     def eval_count(self) -> int:
         return self.progress.behaviour_updates
-
-    def log_step(self) -> int:
-        return self.progress.updates
 
     def bar(self) -> tuple[int, int, str]:
         s = self.config.schedule
@@ -132,18 +126,6 @@ class OfflineDreamer:
             experiment.record("", metrics)
             experiment.tick()
         p.phase = "done"
-
-    def state_dict(self) -> dict:
-        return {}
-
-    def load_state_dict(self, state: dict) -> None:
-        pass
-
-    def discard_files(self) -> None:
-        """Nothing is written besides the checkpoint."""
-
-    def close(self) -> None:
-        pass
 
 
 # ========================================================================= DV2 Finetune (+ EWC)
@@ -186,7 +168,7 @@ class FinetuneProgress(Progress):
     iterations: int = 0  # pretraining steps (collect, maybe update) and finetuning updates
 
 
-class Finetune:
+class Finetune(Schedule):
     """DV2 Finetune (+ EWC): one DreamerV2 agent, pretrained online in ``source`` (or loaded from
     ``source_checkpoint``, a finished ``recipes/dreamer_dmc.py`` run on it), then finetuned on the
     target dataset. Different action dims: the wider one for both, the other padded (as
@@ -223,18 +205,13 @@ class Finetune:
             self.source = OnlineSource(experiment, self.agent, env_name=config.source, env=config.target,
                                        label="source", seed=config.train.seed + 1, action_dim=action_dim)
             self.sample_source = self.source.sample
+            self.online = [self.source]
         self.sample_target = dataset_sampler(self.dataset, config.data, env_name=config.target.name,
                                              action_dim=action_dim, device=experiment.device)
         return self.agent
 
-    def evaluated(self):
-        return self.agent, self.config.target.name
-
     def eval_count(self) -> int:
         return self.progress.target_updates
-
-    def log_step(self) -> int:
-        return self.progress.updates
 
     @staticmethod
     def _open_source_run(config) -> tuple[Path, "DreamerConfig"]:
@@ -283,7 +260,7 @@ class Finetune:
             batch_size = self.config.data.batch_size
             replay = OnlineReplay(run / "replay", capacity=source_run.data.buffer_capacity,
                                   seq_len=self.config.data.seq_len)
-            replay.load_state_dict(state["schedule"]["replay"])
+            replay.load_state_dict(state["schedule"]["replays"][0])
             self.sample_source = lambda: replay.sample(batch_size).to(device)
 
     def bar(self) -> tuple[int, int, str]:
@@ -318,18 +295,3 @@ class Finetune:
     def _next_phase(self, experiment: "Experiment", phase: str) -> None:
         self.progress.phase = phase
         experiment.save()
-
-    def state_dict(self) -> dict:
-        return {} if self.source is None else {"replay": self.source.state_dict()}
-
-    def load_state_dict(self, state: dict) -> None:
-        if self.source is not None:
-            self.source.load_state_dict(state["replay"])
-
-    def discard_files(self) -> None:
-        if self.source is not None:
-            self.source.discard_files()
-
-    def close(self) -> None:
-        if self.source is not None:
-            self.source.close()

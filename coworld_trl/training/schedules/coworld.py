@@ -4,7 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from coworld_trl.training.schedules.online import OnlineSource, Progress, compile_networks
+from coworld_trl.training.schedules.online import OnlineSource, Progress, Schedule, compile_networks
 
 if TYPE_CHECKING:
     from coworld_trl.training.experiment import Experiment
@@ -48,7 +48,7 @@ class CoWorldProgress(Progress):
     active_source: int = 0  # the source chosen by Eq. 12 (recorded with every evaluation)
 
 
-class CoWorld:
+class CoWorld(Schedule):
     """Algorithm 1 of CoWorld::
 
         pretrain every source online (plain DreamerV2)                    source_pretrain_frames
@@ -98,7 +98,7 @@ class CoWorld:
                 compile_networks(agent)
         self.sample_target = dataset_sampler(self.dataset, config.data, env_name=config.target.name,
                                              action_dim=action_dim, device=self.device)
-        self.source_envs = [
+        self.online = self.source_envs = [
             OnlineSource(experiment, source, env_name=name, env=config.target, label=f"source{index}",
                          seed=config.train.seed + 1 + index * 1_000, action_dim=action_dim)
             for index, (source, name) in enumerate(zip(self.agent.sources, config.sources))]
@@ -109,9 +109,6 @@ class CoWorld:
 
     def eval_count(self) -> int:
         return self.progress.target_updates
-
-    def log_step(self) -> int:
-        return self.progress.updates
 
     def bar(self) -> tuple[int, int, str]:
         s, p = self.config.schedule, self.progress
@@ -202,18 +199,3 @@ class CoWorld:
     def _next_phase(self, experiment: "Experiment", phase: str) -> None:
         self.progress.phase, self.progress.phase_updates = phase, 0
         experiment.save()
-
-    def state_dict(self) -> dict:
-        return {"replays": [source.state_dict() for source in self.source_envs]}
-
-    def load_state_dict(self, state: dict) -> None:
-        for source, replay_state in zip(self.source_envs, state["replays"]):
-            source.load_state_dict(replay_state)
-
-    def discard_files(self) -> None:
-        for source in self.source_envs:
-            source.discard_files()
-
-    def close(self) -> None:
-        for source in self.source_envs:
-            source.close()

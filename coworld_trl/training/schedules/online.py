@@ -97,12 +97,44 @@ class OnlineSource:
         self._collector = None
 
 
+class Schedule:
+    """What every schedule shares: its online sources (``self.online``, set in ``build``) are
+    checkpointed, resumed, discarded and closed together; no inputs to open by default."""
+
+    online: list[OnlineSource] = []
+
+    def evaluated(self):
+        """The agent evaluations run, and on which env (an offline agent's target)."""
+        return self.agent, self.config.target.name
+
+    def log_step(self) -> int:
+        return self.progress.updates
+
+    def open_inputs(self, config) -> None:
+        """Open what the run reads and must not create itself (none here)."""
+
+    def state_dict(self) -> dict:
+        return {"replays": [source.state_dict() for source in self.online]}
+
+    def load_state_dict(self, state: dict) -> None:
+        for source, replay_state in zip(self.online, state["replays"]):
+            source.load_state_dict(replay_state)
+
+    def discard_files(self) -> None:
+        for source in self.online:
+            source.discard_files()
+
+    def close(self) -> None:
+        for source in self.online:
+            source.close()
+
+
 @dataclass
 class OnlineProgress(Progress):
     episodes: int = 0
 
 
-class OnlineDreamer:
+class OnlineDreamer(Schedule):
     """DreamerV2's online loop (Hafner et al. 2021):
 
     ``until total_frames: collect train_every steps -> store -> updates_per_train updates``,
@@ -112,9 +144,6 @@ class OnlineDreamer:
 
     def __init__(self):
         self.progress = OnlineProgress()
-
-    def open_inputs(self, config) -> None:
-        """Online DreamerV2 reads no dataset."""
 
     def build(self, experiment: "Experiment"):
         from coworld_trl.agents import make_dreamer_agent
@@ -131,6 +160,7 @@ class OnlineDreamer:
             compile_networks(self.agent)
         self.source = OnlineSource(experiment, self.agent, env_name=config.env.name, env=config.env,
                                    seed=config.train.seed, action_dim=action_dim)
+        self.online = [self.source]
         return self.agent
 
     @property
@@ -162,15 +192,3 @@ class OnlineDreamer:
                     experiment.record("", self.agent.update(self.source.sample()))
             # 3. log, evaluate, checkpoint when due
             experiment.tick()
-
-    def state_dict(self) -> dict:
-        return {"replay": self.source.state_dict()}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.source.load_state_dict(state["replay"])
-
-    def discard_files(self) -> None:
-        self.source.discard_files()
-
-    def close(self) -> None:
-        self.source.close()
