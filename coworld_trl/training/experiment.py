@@ -23,13 +23,18 @@ aggregation are written here, once:
   ``logger.checkpoint_every_minutes`` of wall clock, so a SIGKILL loses minutes.
 
 Re-running with the same output directory resumes from the last checkpoint; a finished run
-says so and exits.
+says so and exits. ``status.json`` in the run folder says where the run is (phase, counters,
+last evaluation, finished, updated at); it is rewritten at every log, evaluation, checkpoint and
+phase change, so ``report status`` can list a sweep in progress.
 """
 from __future__ import annotations
 
+import json
 import logging
+import os
 import random
 import signal
+import socket
 import threading
 import time
 from dataclasses import asdict, dataclass
@@ -262,6 +267,7 @@ class Experiment:
         self._last_save = time.time()
         self._bar: tqdm | None = None
         self._last_flush = (time.time(), 0)
+        self._phase, self._last_eval = "starting", None
 
     @property
     def progress(self):
@@ -279,6 +285,7 @@ class Experiment:
             "rng": rng_state(),
         })
         self._last_save = time.time()
+        self.write_status()
         for callback in self.callbacks:
             callback.on_checkpoint(self)
 
@@ -294,6 +301,8 @@ class Experiment:
         self.schedule.load_state_dict(state["schedule"])
         set_rng_state(state["rng"])
         self._last_flush = (time.time(), self.progress.updates)
+        results = self.run_dir.read_results()
+        self._last_eval = self._eval_summary(results[-1]) if results else None
         return True
 
     # ----------------------------------------------------- what schedules call
@@ -325,6 +334,8 @@ class Experiment:
             self.evaluate()
         minutes = self.config.logger.checkpoint_every_minutes
         overdue = minutes > 0 and time.time() - self._last_save >= 60 * minutes
+        if self.interrupted is not None:
+            self._phase = "interrupted"
         if self.interrupted is not None or (updates and (self.clocks["checkpoint"](updates) or overdue)):
             self.clocks["checkpoint"].last = updates
             self.save()
@@ -337,8 +348,25 @@ class Experiment:
         log_metrics(self.logger, scalars, self.schedule.log_step())
 
     def set_phase(self, phase: str) -> None:
+        self._phase = phase
         if self._bar is not None:
             self._bar.set_description(phase)
+        self.write_status()
+
+    @staticmethod
+    def _eval_summary(record: dict[str, Any]) -> dict[str, Any]:
+        return {"frames": record["frames"], "updates": record["updates"], "return_mean": record["eval/return_mean"]}
+
+    def write_status(self) -> None:
+        """Rewrite ``status.json`` (atomically: a reader never sees half a file)."""
+        p = self.progress
+        total, done, unit = self.schedule.bar()
+        status = {"phase": "finished" if p.finished else self._phase, "frames": p.frames, "updates": p.updates,
+                  "done": done, "total": total, "unit": unit, "last_eval": self._last_eval, "finished": p.finished,
+                  "updated_at": time.time(), "host": socket.gethostname(), "pid": os.getpid()}
+        tmp = self.run_dir.path / "status.json.tmp"
+        tmp.write_text(json.dumps(status))
+        os.replace(tmp, self.run_dir.path / "status.json")
 
     def flush_metrics(self) -> None:
         scalars, skipped = self.metrics.flush()
@@ -353,6 +381,7 @@ class Experiment:
                         self.progress.skipped_updates)
         scalars["train/skipped_updates"] = self.progress.skipped_updates
         self.log(scalars)
+        self.write_status()
 
     def evaluate(self) -> dict[str, Any]:
         """Evaluate the schedule's evaluated agent; log, append to ``results.jsonl``, run callbacks."""
@@ -360,7 +389,10 @@ class Experiment:
         metrics = self.evaluator(agent.policy(), self.schedule.log_step())
         scalars = {k: v for k, v in metrics.items() if not isinstance(v, list)}
         self.log(scalars)
-        self.run_dir.append_result({**asdict(self.progress), "time": time.time(), **metrics})
+        record = {**asdict(self.progress), "time": time.time(), **metrics}
+        self.run_dir.append_result(record)
+        self._last_eval = self._eval_summary(record)
+        self.write_status()
         self.clocks["eval"].last = self.schedule.eval_count()
         if self._bar is not None:
             self._bar.set_postfix(eval_return=f"{metrics['eval/return_mean']:.1f}")
@@ -380,6 +412,7 @@ class Experiment:
             log.info("resuming %s at %s", self.run_dir.path, self._describe())
         total, done, unit = self.schedule.bar()
         self._bar = tqdm(total=total, initial=done, unit=unit, dynamic_ncols=True, mininterval=2.0)
+        self.write_status()
         try:
             with _StopOnSignal(self):
                 self.schedule.run(self)

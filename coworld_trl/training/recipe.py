@@ -17,6 +17,17 @@ from typing import Callable
 
 from coworld_trl.errors import CoWorldError
 from coworld_trl.training.config import SCHEMAS, from_dict, register_hydra_schemas
+from coworld_trl.training.sweep import sweep_key
+
+
+def register_resolvers() -> None:
+    """The resolvers recipes' ``output_dir`` uses."""
+    from omegaconf import OmegaConf
+
+    # DV2 Finetune and DV2 Finetune + EWC get separate run folders by default.
+    OmegaConf.register_new_resolver("ewc_suffix", lambda lmbda: f"_ewc{float(lmbda):g}" if float(lmbda) > 0 else "",
+                                    replace=True)
+    OmegaConf.register_new_resolver("sweep_key", sweep_key, replace=True)
 
 
 def hydra_recipe(config_name: str, config_dir: str | Path, run: Callable, schema: str):
@@ -26,12 +37,11 @@ def hydra_recipe(config_name: str, config_dir: str | Path, run: Callable, schema
     from omegaconf import OmegaConf
 
     register_hydra_schemas()
-    # DV2 Finetune and DV2 Finetune + EWC get separate run folders by default.
-    OmegaConf.register_new_resolver("ewc_suffix", lambda lmbda: f"_ewc{float(lmbda):g}" if float(lmbda) > 0 else "",
-                                    replace=True)
+    register_resolvers()
 
     @hydra.main(config_path=str(Path(config_dir).resolve()), config_name=config_name, version_base=None)
     def main(cfg) -> None:
+        register_resolvers()  # again: a submitit launcher runs the job in a fresh process
         try:
             run(from_dict(SCHEMAS[schema], OmegaConf.to_container(cfg, resolve=True)))
         except CoWorldError as err:
