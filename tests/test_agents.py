@@ -239,6 +239,31 @@ def test_an_agent_with_a_torchrl_probabilistic_actor(make_batch):
         assert action.shape == (3, 2) and (action.abs() <= 1).all()
 
 
+def test_evaluation_acts_with_the_actors_mode_as_dreamerv2_or_its_mean(make_batch):
+    """``eval_action="mode"``: the truncated Normal's location (tanh of the actor's output, DreamerV2's
+    ``actor.mode()``); ``"mean"``: its mean, pulled toward 0 by the truncation. Exploration samples."""
+    torch.manual_seed(0)
+    agent = dreamer()
+    env_step = TensorDict({"pixels": make_batch(3, 1)["pixels"][:, 0], "is_init": torch.ones(3, 1, dtype=torch.bool)},
+                          batch_size=[3])
+    for key, spec in latent_state_primer(agent.world_model).primers.items():
+        env_step[key] = spec.zero((3,))
+    actions = {}
+    for kind in ("mode", "mean"):
+        agent.config = dataclasses.replace(FAST, eval_action=kind)
+        with set_exploration_type(ExplorationType.DETERMINISTIC):
+            out = agent.policy()(env_step.clone())
+        actions[kind] = out["action"]
+    features = agent.world_model.rssm.features(out["latent_stoch"], out["latent_deter"])
+    location = torch.tanh(agent.actor.params(features).chunk(2, -1)[0])
+    torch.testing.assert_close(actions["mode"], location)
+    assert (actions["mean"].abs() < actions["mode"].abs()).all()
+    torch.testing.assert_close(actions["mean"], agent.actor(features).mean)
+    with pytest.raises(ValueError, match="eval_action='median' is unknown"):
+        agent.config = dataclasses.replace(FAST, eval_action="median")
+        agent.policy()
+
+
 # =============================================================== determinism
 def losses_of(agent, steps: int, update) -> list[TensorDict]:
     torch.manual_seed(123)

@@ -26,7 +26,7 @@ def tiny(tmp_path, **sections):
     """Tiny sizes and a fast target env; ``sections`` override whole sections."""
     return {**dict(
         model=dict(stoch=4, classes=4, deter=32, hidden=32, cnn_depth=16, mlp_units=32, ensemble=3),
-        data=dict(batch_size=2, seq_len=8, buffer_capacity=2_000),
+        data=dict(batch_size=2, seq_len=8, buffer_capacity=2_000, whole_episodes=False),  # runs < 1 episode
         train=dict(device="cpu", threads=1, prefill_frames=400, train_every=5),
         eval=dict(every_updates=10**6, episodes=1, video=False),
         logger=dict(checkpoint_every_updates=3, log_every_updates=2),
@@ -227,7 +227,7 @@ def test_a_source_checkpoint_that_does_not_fit_is_refused_in_one_line_before_the
 TINY_OVERRIDES = [
     "model.stoch=4", "model.classes=4", "model.deter=32", "model.hidden=32", "model.cnn_depth=16",
     "model.mlp_units=32", "model.ensemble=3", "data.batch_size=2", "data.seq_len=8", "data.buffer_capacity=5000",
-    "train.threads=1", "train.device=cpu", "target.fast_render=true", "eval.episodes=1", "eval.every_updates=2",
+    "data.whole_episodes=false", "train.threads=1", "train.device=cpu", "target.fast_render=true", "eval.episodes=1", "eval.every_updates=2",
     "make_dataset_episodes=2",
 ]
 RECIPE_RUNS = {

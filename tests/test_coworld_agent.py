@@ -117,7 +117,7 @@ def test_different_latent_sizes_are_refused():
 RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "coworld_dmc.py"
 TINY = [
     "model.stoch=4", "model.classes=4", "model.deter=32", "model.hidden=32", "model.mlp_units=32",
-    "data.batch_size=2", "data.seq_len=8", "data.buffer_capacity=5000", "train.threads=1", "train.device=cpu",
+    "data.batch_size=2", "data.seq_len=8", "data.buffer_capacity=5000", "data.whole_episodes=false", "train.threads=1", "train.device=cpu",
     "target.fast_render=true", "target.action_repeat=8", "eval.episodes=1",
     "schedule.source_pretrain_frames=2400", "train.prefill_frames=2000", "schedule.offline_updates=4",
     "schedule.online_updates=4", "eval.every_updates=4", "logger.checkpoint_every_updates=2",

@@ -18,7 +18,7 @@ RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "dreamer_dmc.py"
 TINY = [
     "model.stoch=4", "model.classes=4", "model.deter=32", "model.hidden=32", "model.cnn_depth=16",
     "model.mlp_units=32", "data.batch_size=2", "data.seq_len=8", "data.buffer_capacity=1000",
-    "train.total_frames=200", "train.prefill_frames=100", "train.device=cpu", "train.threads=1",
+    "data.whole_episodes=false", "train.total_frames=200", "train.prefill_frames=100", "train.device=cpu", "train.threads=1",
     "eval.episodes=1", "eval.every_updates=1000000", "eval.video=false",
 ]
 

@@ -266,7 +266,7 @@ def loop_config(output_dir, **train):
     return dreamer_config(
         "quick",
         model=LOOP_MODEL,
-        data=dict(batch_size=2, seq_len=8, buffer_capacity=1_000),
+        data=dict(batch_size=2, seq_len=8, buffer_capacity=1_000, whole_episodes=False),  # runs < 1 episode
         train={**dict(total_frames=240, prefill_frames=100, train_every=5, updates_per_train=1, device="cpu"), **train},
         eval=dict(every_updates=10**6, episodes=1),
         logger=dict(checkpoint_every_updates=5),
@@ -412,7 +412,8 @@ def test_a_non_finite_loss_stops_the_run_naming_term_and_update_or_is_skipped_an
     monkeypatch.setattr(OnlineReplay, "sample", sample)
     fast = dict(env=dict(name="dmc/cartpole_swingup", action_repeat=8, fast_render=True),
                 eval=dict(every_updates=10**6, episodes=1, video=False))
-    config = dreamer_config("quick", model=LOOP_MODEL, data=dict(batch_size=2, seq_len=8, buffer_capacity=1_000),
+    config = dreamer_config("quick", model=LOOP_MODEL,
+                            data=dict(batch_size=2, seq_len=8, buffer_capacity=1_000, whole_episodes=False),
                             train=dict(total_frames=960, prefill_frames=400, train_every=5, device="cpu"),
                             logger=dict(checkpoint_every_updates=5), output_dir=str(tmp_path / "raise"), **fast)
     with pytest.raises(RuntimeError) as info:

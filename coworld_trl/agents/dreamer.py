@@ -58,7 +58,11 @@ class ModelConfig:
 
 @dataclass
 class AgentConfig:
-    """Loss scales, optimisers and behaviour learning (defaults: Table 7 / DreamerV2)."""
+    """Loss scales, optimisers and behaviour learning (defaults: Table 7 / DreamerV2).
+
+    ``eval_action``: the action evaluations take, ``"mode"`` (DreamerV2) or ``"mean"``
+    (see :func:`~coworld_trl.modules.policy.deterministic_action`).
+    """
 
     model_lr: float = 2e-4
     actor_lr: float = 4e-5
@@ -78,6 +82,7 @@ class AgentConfig:
     entropy_scale: float = 1e-4
     slow_critic_interval: int = 100
     expl_noise: float = 0.0
+    eval_action: str = "mode"
 
 
 NAN_POLICIES = ("raise", "skip")
@@ -142,16 +147,19 @@ class DreamerV2Agent(nn.Module):
             the optimiser's name appended (``loss_ewc_world_model``, ``ewc_distance_actor``).
             Registered under ``regularizers``, so they are checkpointed with the agent; e.g.
             :class:`~coworld_trl.objectives.EWCPenalty` (:meth:`consolidate_ewc`).
-        autocast: run forward passes under bf16 autocast (CUDA).
+        autocast: run the forward passes (losses, imagination) under bf16 autocast; weights,
+            gradients and Adam's state stay float32.
         nan_policy: what to do when the summed loss of an optimiser step is not finite:
             ``"raise"`` raises :class:`NonFiniteLossError` naming the non-finite ``loss_*``
             terms; ``"skip"`` skips that optimiser step (no weight changes) and reports
             ``skipped_<optimiser> = 1.0`` in the metrics (``0.0`` otherwise).
+        compile, cuda_graphs: :meth:`compile_updates` (``cuda_graphs`` implies ``compile``).
 
     Examples:
         >>> agent = make_dreamer_agent(ModelConfig(), AgentConfig(), action_dim=6)
         >>> metrics = agent.update(batch)   # loss_image, ..., loss_actor, loss_value, grad_norm_*, skipped_*
         >>> agent.observe(batch); agent.update_behaviour(batch)   # behaviour only, on a frozen world model
+        >>> agent.compile_updates(cuda_graphs=True)   # both updates compiled, replayed as CUDA graphs
     """
 
     def __init__(
@@ -167,6 +175,8 @@ class DreamerV2Agent(nn.Module):
         regularizers: Mapping[str, nn.Module] | None = None,
         autocast: bool = False,
         nan_policy: str = "raise",
+        compile: bool = False,
+        cuda_graphs: bool = False,
     ):
         super().__init__()
         if nan_policy not in NAN_POLICIES:
@@ -200,6 +210,9 @@ class DreamerV2Agent(nn.Module):
             if isinstance(regularizer, EWCPenalty) and regularizer.module is not self.part_module(name):
                 raise ValueError(f"regularizers[{name!r}] is an EWCPenalty on another module; build it on the "
                                  f"agent's {name} network (EWCPenalty(agent_{name}_module)).")
+        self._losses_fns, self.cuda_graphs = None, False
+        if compile or cuda_graphs:
+            self.compile_updates(cuda_graphs=cuda_graphs)
 
     @staticmethod
     def _check_uncertainty_penalty(penalty: RewardUncertaintyPenalty, world_model: WorldModel) -> None:
@@ -232,31 +245,104 @@ class DreamerV2Agent(nn.Module):
         return torch.autocast(next(self.parameters()).device.type, dtype=torch.bfloat16)
 
     # ----------------------------------------------------------------- steps
-    def _step(self, name: str, losses: TensorDict) -> TensorDict:
-        """Sum the ``loss_*`` entries of ``losses``, backpropagate, clip, step optimiser ``name``.
+    # An update is a losses function (forward only: what torch.compile compiles, together
+    # with its backward through AOTAutograd) and _apply (backward, clip, fused Adam, outside
+    # the compiled region: Adam is one multi-tensor kernel per optimiser already, and a
+    # compiled step would need compiled copies of its state).
+    def compile_updates(self, *, cuda_graphs: bool = False, backend: str = "inductor") -> None:
+        """``torch.compile`` the forward (and so the backward) of :meth:`update_world_model`
+        and :meth:`update_behaviour`, each as one function of static shapes.
 
-        Adds the terms of ``regularizers[name]`` (suffixed ``_<name>``) first. Writes
-        ``grad_norm_<name>`` and ``skipped_<name>`` into ``losses``.
+        The gradient clip and the fused Adam steps stay eager, after the compiled backward.
+        A non-finite loss then skips its optimiser step on the device (Adam's ``found_inf``,
+        as ``GradScaler`` uses it): no host sync with ``nan_policy="skip"``, one check per
+        update, after its steps, with ``"raise"``.
+
+        Keyword Args:
+            cuda_graphs: ``mode="reduce-overhead"``: each compiled forward and backward is
+                replayed as a CUDA graph (CUDA only). The metrics an update returns and the
+                latents it leaves in the batch are copied out of the graphs' memory.
+            backend: the ``torch.compile`` backend (``"aot_eager"`` traces without inductor).
         """
+        device = next(self.parameters()).device
+        if cuda_graphs and device.type != "cuda":
+            raise ValueError(f"cuda_graphs=True needs the agent on a CUDA device, it is on {device}; "
+                             f"set cuda_graphs=False (train.cuda_graphs=false) on this machine.")
+        options = dict(backend=backend, dynamic=False, mode="reduce-overhead" if cuda_graphs else None)
+        self._losses_fns = {"world_model": torch.compile(self._world_model_losses, **options),
+                            "behaviour": torch.compile(self._behaviour_losses, **options)}
+        self.cuda_graphs = cuda_graphs
+
+    @property
+    def compiled(self) -> bool:
+        return self._losses_fns is not None
+
+    def _losses(self, which: str):
+        if self._losses_fns is None:
+            return {"world_model": self._world_model_losses, "behaviour": self._behaviour_losses}[which]
+        if self.cuda_graphs:  # every output of the previous graph replay has been copied or consumed
+            torch.compiler.cudagraph_mark_step_begin()
+        return self._losses_fns[which]
+
+    def _with_regularizer(self, name: str, losses: TensorDict) -> tuple[torch.Tensor, TensorDict]:
+        """``(sum of the loss_* terms, losses)`` of optimiser ``name``, with the terms of
+        ``regularizers[name]`` added (suffixed ``_<name>``)."""
         if name in self.regularizers:
             for key, value in self.regularizers[name]().items():
                 losses[f"{key}_{name}"] = value
-        total = sum(value for key, value in losses.items() if key.startswith("loss_"))
-        optimizer = self.optimizers[name]
-        optimizer.zero_grad(set_to_none=True)
-        # The one host sync of an optimiser step: whether to step must be known on the host
-        # before the weights change, and a NaN that reached Adam's moments could not be undone.
-        if not bool(torch.isfinite(total)):
-            if self.nan_policy == "raise":
-                raise NonFiniteLossError(self._non_finite_message(name, losses))
-            losses[f"grad_norm_{name}"] = torch.zeros((), device=total.device)
-            losses[f"skipped_{name}"] = torch.ones((), device=total.device)
-            return losses
-        total.backward()
-        losses[f"grad_norm_{name}"] = nn.utils.clip_grad_norm_(self._trained_params(name), self.config.grad_clip)
-        optimizer.step()
-        losses[f"skipped_{name}"] = torch.zeros((), device=total.device)
-        return losses
+        return sum(value for key, value in losses.items() if key.startswith("loss_")), losses
+
+    def _apply(self, steps: dict[str, tuple[torch.Tensor, TensorDict]]) -> TensorDict:
+        """Backpropagate the total of every optimiser in ``steps`` at once (they train disjoint
+        parameters), then clip and step each. Writes ``grad_norm_<name>`` and
+        ``skipped_<name>``; returns every optimiser's entries, detached."""
+        for optimizer in (self.optimizers[name] for name in steps):
+            optimizer.zero_grad(set_to_none=True)
+        # On the CPU without compile the finite check is free (no device to wait for): done
+        # before the backward, it leaves a skipped step's Adam state untouched. Elsewhere it
+        # stays on the device and Adam skips the step itself.
+        on_host = not self.compiled and next(self.parameters()).device.type == "cpu"
+        finite = {name: torch.isfinite(total) for name, (total, _) in steps.items()}
+        if on_host:
+            finite = {name: bool(ok) for name, ok in finite.items()}
+            if self.nan_policy == "raise" and not all(finite.values()):
+                self._raise_non_finite(steps, finite)
+        totals = [total for name, (total, _) in steps.items() if finite[name] is not False]
+        if totals:
+            torch.autograd.backward(totals)
+        metrics = TensorDict()
+        for name, (total, losses) in steps.items():
+            losses = losses.detach()
+            if finite[name] is False:
+                losses[f"grad_norm_{name}"] = torch.zeros((), device=total.device)
+                losses[f"skipped_{name}"] = torch.ones((), device=total.device)
+                metrics.update(losses)
+                continue
+            norm = nn.utils.clip_grad_norm_(self._trained_params(name), self.config.grad_clip)
+            optimizer = self.optimizers[name]
+            skipped = None if on_host else (~finite[name]).float()
+            optimizer.found_inf = skipped  # fused Adam leaves every tensor as it was where found_inf is 1
+            optimizer.step()
+            if skipped is None:
+                losses[f"grad_norm_{name}"], losses[f"skipped_{name}"] = norm, torch.zeros((), device=total.device)
+            else:
+                losses[f"grad_norm_{name}"] = torch.where(finite[name], norm, torch.zeros_like(norm))
+                losses[f"skipped_{name}"] = skipped
+            metrics.update(losses)
+        if not on_host and self.nan_policy == "raise":
+            flags = torch.stack([finite[name] for name in steps])
+            if not bool(flags.all()):  # the one host sync of an update, after its steps
+                self._raise_non_finite(steps, dict(zip(steps, flags.tolist())))
+        return metrics.clone() if self.cuda_graphs else metrics
+
+    def _raise_non_finite(self, steps: dict[str, tuple[torch.Tensor, TensorDict]], finite: dict[str, bool]) -> None:
+        name = next(name for name, ok in finite.items() if not ok)
+        losses = steps[name][1]
+        bad = [f"{key}={value.item():.4g}" for key, value in losses.items()
+               if key.startswith("loss_") and not bool(torch.isfinite(value))]
+        raise NonFiniteLossError(
+            f"non-finite {', '.join(bad)} in the {name} update; check the batch for NaN/inf (rewards, "
+            f"observations, actions) or lower the learning rates (nan_policy='skip' skips such steps)")
 
     def _trained_params(self, name: str):
         if name == "value":
@@ -270,30 +356,30 @@ class DreamerV2Agent(nn.Module):
             raise ValueError(f"{name!r} is not one of the agent's parts {list(PARTS)}.")
         return modules[name]
 
-    @staticmethod
-    def _non_finite_message(name: str, losses: TensorDict) -> str:
-        bad = [f"{key}={value.item():.4g}" for key, value in losses.items()
-               if key.startswith("loss_") and not bool(torch.isfinite(value))]
-        return (f"non-finite {', '.join(bad)} in the {name} update; check the batch for NaN/inf (rewards, "
-                f"observations, actions) or lower the learning rates (nan_policy='skip' skips such steps)")
+    def _world_model_losses(self, batch: TensorDictBase, extra_losses: Sequence[Callable] = (),
+                            loss: Callable | None = None) -> tuple[torch.Tensor, TensorDict]:
+        with self.autocast_context():
+            losses = (loss or self.world_model_loss)(batch)
+            for extra in extra_losses:
+                losses.update(extra(batch))
+            return self._with_regularizer("world_model", losses)
 
-    def update_world_model(self, batch: TensorDictBase, extra_losses: Sequence[Callable] = ()) -> TensorDict:
+    def update_world_model(self, batch: TensorDictBase, extra_losses: Sequence[Callable] = (), *,
+                           loss: Callable[[TensorDictBase], TensorDict] | None = None) -> TensorDict:
         """One Eq. 2 step on a ``[B, T]`` batch; leaves the posterior latents in ``batch``.
 
         ``extra_losses`` (e.g. CoWorld's state alignment, Eq. 3) are called on ``batch``
         after the world model has filtered it (so they can read ``embedding``, ``stoch``,
         ...); their ``loss_*`` terms join the backward pass and everything they return is
-        reported.
+        reported. ``loss`` replaces the call of :attr:`world_model_loss` on ``batch`` (CoWorld:
+        a source's Eq. 5 on its batch and a target batch); it must train this world model
+        and leave the latents in ``batch``.
         """
-        with self.autocast_context():
-            losses = self.world_model_loss(batch)
-            for extra in extra_losses:
-                losses.update(extra(batch))
-        return self.step_world_model(losses)
-
-    def step_world_model(self, losses: TensorDict) -> TensorDict:
-        """Sum the ``loss_*`` entries of ``losses``, backpropagate, clip and step the world model."""
-        return self._step("world_model", losses).detach()
+        total, losses = self._losses("world_model")(batch, tuple(extra_losses), loss)
+        if self.cuda_graphs:  # what the behaviour update reads, out of the graph's memory
+            for key in (self.world_model.tensor_keys.stoch, self.world_model.tensor_keys.deter):
+                batch.set(key, batch.get(key).clone())
+        return self._apply({"world_model": (total, losses)})
 
     @torch.no_grad()
     def observe(self, batch: TensorDictBase) -> TensorDictBase:
@@ -339,6 +425,18 @@ class DreamerV2Agent(nn.Module):
                 penalty_metrics = self.reward_penalty(imagined)
             return self.value_loss.targets(imagined), penalty_metrics
 
+    def _behaviour_losses(self, batch: TensorDictBase, imagined_hooks: Sequence[Hook] = ()
+                          ) -> tuple[dict[str, tuple[torch.Tensor, TensorDict]], TensorDict | None]:
+        imagined, penalty_metrics = self._imagine(batch)
+        with self.autocast_context():
+            for hook in imagined_hooks:
+                hook(imagined)
+            # The critic reads sg(features) and the actor's return a slow critic without
+            # gradient: the two losses train disjoint parameters and are computed together.
+            steps = {"actor": self._with_regularizer("actor", self.actor_loss(imagined)),
+                     "value": self._with_regularizer("value", self.value_loss(imagined))}
+        return steps, penalty_metrics
+
     def update_behaviour(self, batch: TensorDictBase, imagined_hooks: Sequence[Hook] = ()) -> TensorDict:
         """One actor (Eq. 7) and one critic step from the posterior states in ``batch``.
 
@@ -346,20 +444,12 @@ class DreamerV2Agent(nn.Module):
         and the value targets, before the losses) to add entries the losses read, e.g.
         CoWorld's ``source_value`` for the min-max penalty (Eq. 6).
         """
-        imagined, penalty_metrics = self._imagine(batch)
-        with self.autocast_context():
-            for hook in imagined_hooks:
-                hook(imagined)
-            actor_losses = self.actor_loss(imagined)
-        self._step("actor", actor_losses)
-        with self.autocast_context():
-            value_losses = self.value_loss(imagined)
-        self._step("value", value_losses)
+        steps, penalty_metrics = self._losses("behaviour")(batch, tuple(imagined_hooks))
+        metrics = self._apply(steps)
         self.target_updater.step()
-        metrics = actor_losses.update(value_losses)
         if penalty_metrics is not None:
-            metrics.update(penalty_metrics)
-        return metrics.detach()
+            metrics.update(penalty_metrics.detach().clone() if self.cuda_graphs else penalty_metrics.detach())
+        return metrics
 
     def update(self, batch: TensorDictBase) -> TensorDict:
         """World model, then behaviour, on one batch (DreamerV2's train step)."""
@@ -407,7 +497,8 @@ class DreamerV2Agent(nn.Module):
         return fishers
 
     def policy(self) -> LatentPolicy:
-        return LatentPolicy(self.world_model, self.actor, expl_noise=self.config.expl_noise)
+        return LatentPolicy(self.world_model, self.actor, expl_noise=self.config.expl_noise,
+                            eval_action=self.config.eval_action)
 
     # ---------------------------------------------------------- checkpointing
     def checkpoint_state(self) -> dict:
@@ -428,7 +519,8 @@ class DreamerV2Agent(nn.Module):
 def make_dreamer_agent(model: ModelConfig, agent: AgentConfig, *, action_dim: int, obs_shape=(3, 64, 64),
                        device: torch.device | str = "cpu", autocast: bool = False, nan_policy: str = "raise",
                        reward_penalty: nn.Module | None = None, ewc_lmbda: float = 0.0,
-                       ewc_parts: Sequence[str] = PARTS) -> DreamerV2Agent:
+                       ewc_parts: Sequence[str] = PARTS, compile: bool = False,
+                       cuda_graphs: bool = False) -> DreamerV2Agent:
     """Build networks on ``device`` first, so optimisers and the slow critic live there too.
 
     Keyword Args:
@@ -440,6 +532,7 @@ def make_dreamer_agent(model: ModelConfig, agent: AgentConfig, *, action_dim: in
             (default) adds none. The paper gives no value; ``EWCPenalty``'s own default is
             :data:`~coworld_trl.objectives.DEFAULT_EWC_LMBDA`.
         ewc_parts: which of ``world_model``, ``actor``, ``value`` EWC anchors (all three).
+        compile, cuda_graphs: :meth:`DreamerV2Agent.compile_updates`.
     """
     networks = build_networks(model, action_dim=action_dim, obs_shape=tuple(obs_shape))
     world_model, actor, critic = (net.to(device) for net in networks)
@@ -451,4 +544,5 @@ def make_dreamer_agent(model: ModelConfig, agent: AgentConfig, *, action_dim: in
         modules = {"world_model": world_model, "actor": actor, "value": critic}
         regularizers = {name: EWCPenalty(modules[name], lmbda=ewc_lmbda) for name in ewc_parts}
     return DreamerV2Agent(world_model, actor, critic, agent, autocast=autocast, nan_policy=nan_policy,
-                          reward_penalty=reward_penalty, regularizers=regularizers)
+                          reward_penalty=reward_penalty, regularizers=regularizers, compile=compile,
+                          cuda_graphs=cuda_graphs)

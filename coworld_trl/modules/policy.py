@@ -49,6 +49,26 @@ def policy_distribution(actor, features: torch.Tensor):
     return actor.get_dist(TensorDict({actor.in_keys[0]: features}, batch_size=features.shape[:-1]))
 
 
+EVAL_ACTIONS = ("mode", "mean")
+
+
+def deterministic_action(dist, kind: str = "mode") -> torch.Tensor:
+    """The action evaluation takes from ``dist``.
+
+    ``"mode"`` (DreamerV2's evaluation): the most likely action. For the truncated Normal
+    that is its location clipped to ``[-1, 1]``; its mean is pulled toward 0 wherever the
+    scale is large (location 0.9, scale 1: mean 0.25). ``"mean"``: TorchRL's
+    ``deterministic_sample`` (the mean of a truncated Normal). A distribution without an
+    analytical mode (``TanhNormal``) uses ``deterministic_sample`` for both.
+    """
+    if kind == "mode":
+        try:
+            return dist.mode
+        except (RuntimeError, NotImplementedError):
+            pass
+    return dist.deterministic_sample
+
+
 def latent_state_primer(world_model: WorldModel) -> TensorDictPrimer:
     """Env transform that adds the policy's recurrent state, zeroed at every reset."""
     rssm = world_model.rssm
@@ -64,8 +84,8 @@ class LatentPolicy(TensorDictModuleBase):
     """Filter ``o_t`` into the posterior ``s_t`` and sample ``a_t ~ pi(. | s_t)``.
 
     Under ``ExplorationType.RANDOM`` (collectors set it) it samples the actor and adds
-    ``expl_noise`` Gaussian noise; otherwise (evaluation) it takes the actor's mean and
-    the posterior mode.
+    ``expl_noise`` Gaussian noise; otherwise (evaluation) it takes the posterior mode and
+    the action :func:`deterministic_action` gives for ``eval_action``.
 
     In keys: the world model's observation and ``is_init`` keys and the state keys of
     :func:`latent_state_primer`. Out keys: ``action`` and the updated state keys.
@@ -73,10 +93,13 @@ class LatentPolicy(TensorDictModuleBase):
     ``actor``: any actor of the :func:`check_policy_actor` contract.
     """
 
-    def __init__(self, world_model: WorldModel, actor: torch.nn.Module, *, expl_noise: float = 0.0):
+    def __init__(self, world_model: WorldModel, actor: torch.nn.Module, *, expl_noise: float = 0.0,
+                 eval_action: str = "mode"):
         super().__init__()
         check_policy_actor(actor, "LatentPolicy")
-        self.world_model, self.actor, self.expl_noise = world_model, actor, expl_noise
+        if eval_action not in EVAL_ACTIONS:
+            raise ValueError(f"eval_action={eval_action!r} is unknown; use one of {', '.join(EVAL_ACTIONS)}.")
+        self.world_model, self.actor, self.expl_noise, self.eval_action = world_model, actor, expl_noise, eval_action
         self.in_keys = [world_model.tensor_keys.obs, world_model.tensor_keys.is_init, *STATE_KEYS]
         self.out_keys = ["action", *STATE_KEYS]
 
@@ -105,7 +128,7 @@ class LatentPolicy(TensorDictModuleBase):
             if self.expl_noise > 0:
                 action = (action + self.expl_noise * torch.randn_like(action)).clamp(-1, 1)
         else:
-            action = dist.deterministic_sample
+            action = deterministic_action(dist, self.eval_action)
         device = tensordict.device
         tensordict.set("action", action.to(device) if device is not None else action)
         for key, value in zip(STATE_KEYS, (stoch, deter, action)):

@@ -28,6 +28,7 @@ import yaml
 
 from coworld_trl.agents import AgentConfig, CouplingConfig, ModelConfig
 from coworld_trl.errors import ConfigError
+from coworld_trl.modules.policy import EVAL_ACTIONS
 from coworld_trl.training.schedules import (
     EWCConfig,
     FinetuneScheduleConfig,
@@ -62,11 +63,14 @@ def action_repeat(env: EnvConfig) -> int:
 
 @dataclass
 class DataConfig:
-    """Sequences sampled for every update, and the online replay's size."""
+    """Sequences sampled for every update, and the online replay's size. ``whole_episodes``:
+    the online replay stores each episode when it ends, as DreamerV2 does (``False``: rows as
+    collected, so the episode being collected is sampled too)."""
 
     batch_size: int = 50
     seq_len: int = 50
     buffer_capacity: int = 2_000_000
+    whole_episodes: bool = True
 
 
 @dataclass
@@ -296,6 +300,8 @@ def validate(config) -> None:
         (train.train_every >= 1, f"train.train_every={train.train_every} must be >= 1 agent steps"),
         (train.nan_policy in NAN_POLICIES, f"train.nan_policy={train.nan_policy!r}; use 'raise' or 'skip'"),
         (config.agent.horizon >= 1, f"agent.horizon={config.agent.horizon} must be >= 1"),
+        (config.agent.eval_action in EVAL_ACTIONS,
+         f"agent.eval_action={config.agent.eval_action!r}; use {' or '.join(map(repr, EVAL_ACTIONS))}"),
         (config.model.latent in ("discrete", "gaussian"),
          f"model.latent={config.model.latent!r}; use 'discrete' or 'gaussian'"),
         (config.logger.backend in LOGGER_BACKENDS,

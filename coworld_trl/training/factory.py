@@ -50,7 +50,7 @@ def collector_seed(base: int) -> int:
 
 
 def make_replay(path: Path, data: DataConfig) -> OnlineReplay:
-    return OnlineReplay(path, capacity=data.buffer_capacity, seq_len=data.seq_len)
+    return OnlineReplay(path, capacity=data.buffer_capacity, seq_len=data.seq_len, whole_episodes=data.whole_episodes)
 
 
 def make_evaluator(config, agent, env_name: str, *, logger: Logger, device: torch.device) -> Evaluator:

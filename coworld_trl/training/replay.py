@@ -7,6 +7,12 @@ not the capacity. A checkpoint records only the storage length and the writer's 
 TorchRL's ``dumps`` onto the storage's own folder copies nothing, so checkpoints take
 milliseconds at any buffer size.
 
+Episodes are stored when they end, as DreamerV2's replay does: the episode being collected
+is never sampled (TorchRL's ``SliceSampler`` draws episodes uniformly, so a partly collected
+episode would have its few rows drawn far more often than the rows of whole ones). Its rows
+wait in memory; a checkpoint does not keep them, and a resumed run starts a new episode.
+``whole_episodes=False`` stores rows as they are collected.
+
 Sequences are cut by a run-wide ``episode`` id (``SliceSampler(traj_key="episode")``).
 After a kill, rows written since the last checkpoint are still in the files. On resume the
 writer goes back to the checkpoint's cursor and new episodes are numbered above every id in
@@ -17,6 +23,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+import torch
 from tensordict import TensorDictBase
 from torchrl.data import LazyMemmapStorage, SliceSampler, TensorDictReplayBuffer
 
@@ -37,24 +44,28 @@ class OnlineReplay:
     Keyword Args:
         capacity: transitions kept; the oldest are overwritten first.
         seq_len: length ``T`` of sampled sequences.
+        whole_episodes: store each episode when it ends (``next.done``), as DreamerV2 does;
+            ``False`` stores rows as they come, so the episode being collected is sampled too.
 
     Attributes:
         buffer: the TorchRL replay buffer (storage, writer, SliceSampler).
     """
 
-    def __init__(self, path: str | Path, *, capacity: int, seq_len: int):
-        self.path, self.seq_len = Path(path), seq_len
+    def __init__(self, path: str | Path, *, capacity: int, seq_len: int, whole_episodes: bool = True):
+        self.path, self.seq_len, self.whole_episodes = Path(path), seq_len, whole_episodes
         self.buffer = TensorDictReplayBuffer(
             storage=LazyMemmapStorage(capacity, scratch_dir=self.path),
             sampler=SliceSampler(slice_len=seq_len, traj_key=EPISODE_KEY, strict_length=True),
         )
         self._last_episode: int | None = None  # read from the files on the first write
+        self._unfinished: list[TensorDictBase] = []  # rows of the episode being collected
 
     def __len__(self) -> int:
         return len(self.buffer)
 
     def extend(self, batch: TensorDictBase) -> None:
-        """Store a ``[T]`` collector batch from one env; ``is_init`` starts a new episode id."""
+        """Store a ``[T]`` collector batch from one env; ``is_init`` starts a new episode id
+        (with ``whole_episodes``, rows are written once their episode has ended)."""
         if batch.ndim != 1:
             raise ValueError(f"OnlineReplay.extend takes a [T] batch from one env, got batch_size={tuple(batch.shape)}; "
                              "collect from a single (non-batched) env")
@@ -62,7 +73,17 @@ class OnlineReplay:
             self._last_episode = self._largest_stored_episode()
         ids = self._last_episode + batch["is_init"].reshape(-1).long().cumsum(0)
         self._last_episode = int(ids[-1])
-        self.buffer.extend(batch.exclude(*NOT_STORED).set(EPISODE_KEY, ids))
+        rows = batch.exclude(*NOT_STORED).set(EPISODE_KEY, ids)
+        if not self.whole_episodes:
+            self.buffer.extend(rows)
+            return
+        ended = rows["next", "done"].reshape(-1).nonzero()
+        if not len(ended):
+            self._unfinished.append(rows)
+            return
+        stop = int(ended[-1]) + 1  # rows after the last episode end belong to the next episode
+        self.buffer.extend(torch.cat([*self._unfinished, rows[:stop]]))
+        self._unfinished = [rows[stop:]] if stop < len(rows) else []
 
     def sample(self, batch_size: int) -> TensorDictBase:
         """``[batch_size, seq_len]`` slices, each inside one episode."""
@@ -84,7 +105,7 @@ class OnlineReplay:
             # they are never sampled, inside it (a full ring) they are whole episodes of their own.
             storage._len = state["len"]
             self.buffer.writer.load_state_dict(state["writer"])
-        self._last_episode = None
+        self._last_episode, self._unfinished = None, []
 
     def discard_files(self) -> None:
         """Remove files left by a run killed before its first checkpoint (fresh start only)."""
