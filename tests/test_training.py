@@ -37,7 +37,6 @@ from coworld_trl.training.config import (
 )
 from coworld_trl.training.experiment import Every, Experiment, MetricAggregator
 from coworld_trl.training.replay import OnlineReplay
-from coworld_trl.training.report import main as report_main
 from coworld_trl.training.run_dir import RunDirectory
 
 TINY_MODEL = dict(stoch=4, classes=4, deter=16, hidden=16, cnn_depth=16, mlp_units=16, reward_layers=1,
@@ -445,42 +444,6 @@ def test_agent_update_on_cuda_with_autocast(make_batch):
         assert value.is_cuda and torch.isfinite(value).all(), key
     assert all(p.is_cuda and p.dtype == torch.float32 for p in agent.parameters())
     assert any(not torch.equal(p, q) for p, q in zip(agent.parameters(), before))
-
-
-def test_report_table_lists_each_run_and_summarises_seeds_per_setup(tmp_path, capsys):
-    """``report table`` prints every evaluation of every run and the mean and std over seeds of the
-    final one, grouping folders that differ only in ``_s<seed>``; a run folder without results is
-    refused in one line naming it."""
-    finals = {"cw_s0": (1.0, 0.5), "cw_s1": (3.0, 1.5), "alone_s0": (2.0, 2.0)}
-    for name, (ret, bias) in finals.items():
-        (tmp_path / name).mkdir()
-        records = [{"eval/return_mean": 0.25, "eval/return_std": 0.0, "eval/value_bias": -0.5},
-                   {"eval/return_mean": ret, "eval/return_std": 0.1, "eval/value_bias": bias}]
-        (tmp_path / name / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
-    report_main(["table", *(str(tmp_path / name) for name in finals)])
-    out = capsys.readouterr().out
-    assert "| cw_s1 | 0.25 / 3.00 | 3.00 +- 0.10 | -0.50 / +1.50 |" in out
-    assert "- cw: n = 2, final return 2.00 +- 1.41, final value bias +1.00 +- 0.71" in out
-    assert "- alone: n = 1, final return 2.00, final value bias +2.00" in out
-    with pytest.raises(SystemExit, match="no results file at .*missing/results.jsonl"):
-        report_main(["table", str(tmp_path / "missing")])
-
-
-def test_report_curve_plots_any_agents_results_against_a_chosen_counter(tmp_path):
-    """``report curve --x`` takes any counter the results records carry (a CoWorld run's target updates);
-    one the records lack is refused in one line listing the ones they have."""
-    run = tmp_path / "cw"
-    run.mkdir()
-    records = [{"frames": 4000, "updates": 200, "target_updates": 100, "source_updates": 100,
-                "eval/return_mean": 1.0, "eval/return_std": 0.5},
-               {"frames": 4400, "updates": 400, "target_updates": 200, "source_updates": 200,
-                "eval/return_mean": 2.0, "eval/return_std": 0.5}]
-    (run / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
-    report_main(["curve", str(run / "results.jsonl"), "-o", str(tmp_path / "c.png"), "--x", "target_updates"])
-    assert (tmp_path / "c.png").stat().st_size > 1000
-    with pytest.raises(SystemExit, match="no 'behaviour_updates' counter; use --x with one of frames, updates, "
-                                         "target_updates, source_updates"):
-        report_main(["curve", str(run / "results.jsonl"), "-o", str(tmp_path / "d.png"), "--x", "behaviour_updates"])
 
 
 def test_an_unwritable_or_foreign_output_dir_is_refused_in_one_line(tmp_path):
