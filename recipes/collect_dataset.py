@@ -1,8 +1,10 @@
 """Make an offline dataset: medium-replay (the paper's), random, expert or scripted.
 
     python recipes/collect_dataset.py collect.kind=random env.name=dmc/walker_downhill collect.episodes=20
+    python recipes/collect_dataset.py collect.kind=medium-replay env.name=dmc/cheetah_downhill \\
+        train.total_frames=50000      # the replay until 1/3 of the run's own best evaluation
     python recipes/collect_dataset.py collect.kind=medium-replay env.name=dmc/cheetah_run \\
-        collect.reference_score=117 preset=quick          # stops at 1/3 of the reference
+        collect.reference_score=117   # stops at the first evaluation >= 1/3 of a known score
     python recipes/collect_dataset.py collect.kind=expert collect.checkpoint=runs/dmc/walker_walk/dreamer_paper/seed0
     python recipes/collect_dataset.py collect.kind=scripted env.name=metaworld/door-close collect.episodes=50
 

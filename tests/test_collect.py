@@ -9,10 +9,13 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 from tensordict import TensorDict
 
 from coworld_trl.data import EpisodeRecorder, OfflineDataset, import_npz
+from coworld_trl.errors import ConfigError
+from coworld_trl.training.collect import episodes_until, medium_replay_cut
 
 RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "collect_dataset.py"
 # cartpole at action repeat 8: 125-step episodes, fast rendering, a tiny model.
@@ -112,6 +115,41 @@ def test_collect_medium_replay_stops_at_the_target_then_expert_rolls_out_the_run
                        f"collect.output={expert}", f"output_dir={tmp_path / 'unused'}"], tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert OfflineDataset(expert).metadata.episodes == 1
+
+
+def test_medium_replay_cut_keeps_the_episodes_until_the_first_eval_at_a_third_of_the_best(tmp_path):
+    """The paper's medium-replay without a reference score: the run's best eval is 90, so the cut is the
+    first eval >= 30 (at 2,500 frames); episodes of 100 steps at action repeat 8 end every 800 frames,
+    so three had ended by then."""
+    records = [{"frames": 900, "eval/return_mean": 5.0}, {"frames": 2500, "eval/return_mean": 31.0},
+               {"frames": 4000, "eval/return_mean": 90.0}, {"frames": 5000, "eval/return_mean": 20.0}]
+    cut = medium_replay_cut(records, fraction=1 / 3)
+    assert cut == {"frames": 2500, "threshold": 30.0, "best": 90.0}
+    recorder = EpisodeRecorder(tmp_path / "episodes")
+    for batch in collector_batches([100] * 6, batch=50)[0]:
+        recorder(batch)
+    assert episodes_until(tmp_path / "episodes", cut["frames"], frames_per_step=8) == 3
+    assert episodes_until(tmp_path / "episodes", 2400, frames_per_step=8) == 3  # the third ends at 2400
+    assert episodes_until(tmp_path / "episodes", 10**6, frames_per_step=8) == 6
+    with pytest.raises(ConfigError, match="logged no evaluation"):
+        medium_replay_cut([], fraction=1 / 3)
+
+
+def test_collect_medium_replay_without_reference_trains_the_whole_run_and_cuts_at_its_own_best(tmp_path):
+    """Without collect.reference_score the run goes to train.total_frames; the dataset holds the
+    episodes collected until its first evaluation at or above a third of its best, as the metadata says."""
+    out, run = tmp_path / "mr", tmp_path / "run"
+    proc = run_recipe([*FAST_ENV, *TINY, "collect.kind=medium-replay", "train.total_frames=4000",
+                       "train.prefill_frames=2000", "eval.every_updates=10", f"collect.output={out}",
+                       f"output_dir={run}"], tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = [json.loads(line) for line in (run / "results.jsonl").read_text().splitlines()]
+    assert results[-1]["frames"] == 4000
+    cut = medium_replay_cut(results, fraction=1 / 3)
+    meta = OfflineDataset(out).metadata
+    assert meta.episodes == cut["frames"] // 1000 and meta.frames == meta.episodes * 125
+    assert f"reached at {cut['frames']} of 4000 frames" in meta.source
+    assert not (tmp_path / "mr.episodes").exists()
 
 
 def test_scripted_policy_acts_in_bounds_and_beats_random():

@@ -108,14 +108,16 @@ def read_npz_episode(path: Path, *, image_size: int | None = None, action_dim: i
 
 def import_npz(source: str | Path, destination: str | Path, *, env: str | None = None,
                image_size: int | None = None, action_dim: int | None = None, overwrite: bool = False,
-               progress: bool = False, description: str | None = None) -> OfflineDataset:
+               progress: bool = False, description: str | None = None,
+               first_episodes: int | None = None) -> OfflineDataset:
     """Convert a directory of npz episodes into a dataset, one episode in memory at a time.
 
     ``env`` (a registry name) fixes the expected action dim unless given explicitly;
     every file is checked from its headers before anything is written. ``description``
-    (how the data was made) goes into the metadata's ``source``.
+    (how the data was made) goes into the metadata's ``source``. ``first_episodes``: only
+    the first N files in name order (a recorder's collection order).
     """
-    files = npz_files(source)
+    files = npz_files(source)[:first_episodes]
     if env is not None:
         from coworld_trl.envs import env_info
 

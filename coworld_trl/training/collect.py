@@ -4,9 +4,12 @@ Every kind records whole episodes as DreamerV2 npz files into a work directory n
 output (``<output>.episodes/``, so an interrupted collection resumes by re-running) and
 imports them into the dataset format at the end:
 
-* ``medium-replay``: train the online DreamerV2 until an evaluation reaches
-  ``fraction * reference_score`` (1/3 in the paper) and keep its whole replay: every
-  episode it collected, from the random prefill on.
+* ``medium-replay`` (the paper's: the replay of a DreamerV2 agent trained until it reaches
+  1/3 of its max score): without ``reference_score``, train the online DreamerV2 for
+  ``train.total_frames`` and keep every episode collected until its first evaluation at or
+  above ``fraction`` times its best evaluation; with ``reference_score``, stop the run at the
+  first evaluation at or above ``fraction * reference_score`` and keep its whole replay.
+  Both start with the random prefill.
 * ``random``: uniformly random actions.
 * ``expert``: deterministic rollouts (actor mean) of a trained DreamerV2 run directory.
 * ``scripted``: Meta-World's bundled scripted policies with Gaussian action noise.
@@ -21,7 +24,10 @@ import torch
 from tqdm import tqdm
 
 from coworld_trl.data import EpisodeRecorder, OfflineDataset, import_npz
-from coworld_trl.training.config import CollectDatasetConfig
+from coworld_trl.data.npz import npz_files, npz_shapes
+from coworld_trl.errors import ConfigError
+from coworld_trl.training.config import CollectDatasetConfig, action_repeat
+from coworld_trl.training.report import read_results
 from coworld_trl.training.experiment import Callback
 
 log = logging.getLogger(__name__)
@@ -46,6 +52,31 @@ def collect_episodes(env, policy, directory: Path, *, episodes: int) -> int:
             recorder(env.rollout(1_000_000, policy=policy, break_when_any_done=True))
             bar.update(1)
     return recorder.episodes
+
+
+def medium_replay_cut(records: list[dict], *, fraction: float) -> dict:
+    """The first evaluation at or above ``fraction`` times the best one of a run's ``records``:
+    ``{"frames", "threshold", "best"}``."""
+    if not records:
+        raise ConfigError("the collection run logged no evaluation; lower eval.every_updates or raise "
+                          "train.total_frames so that it evaluates at least once.")
+    best = max(r["eval/return_mean"] for r in records)
+    threshold = fraction * best
+    first = next(r for r in records if r["eval/return_mean"] >= threshold)
+    return {"frames": first["frames"], "threshold": threshold, "best": best}
+
+
+def episodes_until(directory: Path, frames: int, *, frames_per_step: int) -> int:
+    """How many of the recorded episodes (in collection order) had ended by ``frames`` env frames.
+    A run resumed after a kill also recorded the episodes it collected after its last checkpoint;
+    they count here as they were collected, so the cut can move by up to a checkpoint interval."""
+    total, kept = 0, 0
+    for path in npz_files(directory):
+        total += (npz_shapes(path)["action"][0][0] - 1) * frames_per_step  # DreamerV2 rows: steps + 1
+        if total > frames:
+            break
+        kept += 1
+    return kept
 
 
 def load_dreamer_run(run_dir: str | Path, *, device: str = "cpu"):
@@ -89,13 +120,22 @@ def collect_dataset(config: CollectDatasetConfig) -> OfflineDataset:
     if c.kind == "medium-replay":
         from coworld_trl.training import StopAtReturn, run_online_dreamer
 
-        if c.reference_score is None or c.reference_score <= 0:
-            raise ValueError("collect.reference_score is unset; give the expert score of this task (the run stops "
-                             "at collect.fraction times it), e.g. collect.reference_score=900.")
-        target = c.fraction * c.reference_score
-        run_online_dreamer(config, callbacks=[RecordEpisodes(episodes_dir), StopAtReturn(target)])
-        source = (f"collect medium-replay: online DreamerV2 replay until eval return >= {target:.4g} "
-                  f"({c.fraction:.3g} x reference {c.reference_score}), run {config.output_dir}")
+        if c.reference_score is None:
+            run_online_dreamer(config, callbacks=[RecordEpisodes(episodes_dir)])
+            cut = medium_replay_cut(read_results(Path(config.output_dir) / "results.jsonl"), fraction=c.fraction)
+            keep = episodes_until(episodes_dir, cut["frames"], frames_per_step=action_repeat(config.env))
+            source = (f"collect medium-replay: online DreamerV2 replay until its first eval return >= "
+                      f"{cut['threshold']:.4g} ({c.fraction:.3g} x its best {cut['best']:.4g}), reached at "
+                      f"{cut['frames']} of {config.train.total_frames} frames; run {config.output_dir}")
+        else:
+            if c.reference_score <= 0:
+                raise ConfigError(f"collect.reference_score={c.reference_score} must be > 0 (a task's expert "
+                                  f"return), or unset to cut at a fraction of the run's own best evaluation.")
+            target = c.fraction * c.reference_score
+            run_online_dreamer(config, callbacks=[RecordEpisodes(episodes_dir), StopAtReturn(target)])
+            source = (f"collect medium-replay: online DreamerV2 replay until eval return >= {target:.4g} "
+                      f"({c.fraction:.3g} x reference {c.reference_score}), run {config.output_dir}")
+            keep = None
     else:
         state = c.kind == "scripted"
         env = make_env(name, seed=seed, image_size=config.env.image_size, action_repeat=config.env.action_repeat,
@@ -117,8 +157,9 @@ def collect_dataset(config: CollectDatasetConfig) -> OfflineDataset:
         with set_exploration_type(exploration):
             collect_episodes(env, policy, episodes_dir, episodes=c.episodes)
         env.close()
+        keep = None
         source = f"collect {c.kind}: {c.episodes} episodes" + (f" of {c.checkpoint}" if c.kind == "expert" else "") \
             + (f", action noise {c.noise}" if c.kind == "scripted" else "")
-    dataset = import_npz(episodes_dir, output, env=name, description=source)
+    dataset = import_npz(episodes_dir, output, env=name, description=source, first_episodes=keep)
     shutil.rmtree(episodes_dir)
     return dataset

@@ -192,8 +192,10 @@ class CollectConfig:
     episodes: int = 10  # random / expert / scripted
     checkpoint: Optional[str] = None  # expert: a DreamerV2 run directory
     noise: float = 0.1  # scripted: Gaussian action noise
-    reference_score: Optional[float] = None  # medium-replay: the task's expert return
-    fraction: float = 1 / 3  # medium-replay: stop once eval return >= fraction * reference_score
+    # medium-replay: None keeps the episodes until the first eval >= fraction * the run's best eval
+    # (the paper's); a task's expert return stops the run at the first eval >= fraction * it.
+    reference_score: Optional[float] = None
+    fraction: float = 1 / 3
 
 
 @dataclass

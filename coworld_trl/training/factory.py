@@ -79,8 +79,8 @@ def open_target_dataset(config) -> OfflineDataset:
         if config.make_dataset_episodes <= 0:
             raise DatasetError(
                 f"target dataset {path} does not exist; make it with `python recipes/collect_dataset.py "
-                f"env.name={config.target.name} collect.output={path} collect.kind=medium-replay "
-                f"collect.reference_score=...`, or pass make_dataset_episodes=N for a small random one.")
+                f"env.name={config.target.name} collect.output={path} collect.kind=medium-replay`, "
+                f"or pass make_dataset_episodes=N for a small random one.")
         path = path.parent / f"random-{config.make_dataset_episodes}ep"
         if not (path / "metadata.json").exists():
             from coworld_trl.training.collect import collect_dataset
