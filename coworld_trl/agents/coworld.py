@@ -7,6 +7,7 @@ Algorithm 1 around it with envs, buffers and loggers.
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Optional, Sequence
 
@@ -158,17 +159,12 @@ class CoWorldAgent(nn.Module):
         source = self.sources[index]
         loss = source.world_model_loss
         relabelled = self.coupling.relabel and target_batch is not None
-        with source.autocast_context():
-            if relabelled:
-                keys = loss.tensor_keys
-                losses = loss(TensorDict({keys.source: source_batch, keys.target: target_batch}))
-            elif isinstance(loss, MixedRewardLoss):
-                losses = loss.source_only(source_batch)
-            else:
-                losses = loss(source_batch)
-        metrics = source.step_world_model(losses)
         if relabelled:
+            metrics = source.update_world_model(source_batch, loss=functools.partial(_relabelled, loss, target_batch))
             loss.advance()
+        else:
+            metrics = source.update_world_model(
+                source_batch, loss=loss.source_only if isinstance(loss, MixedRewardLoss) else None)
         self.source_updates[index] += 1
         return metrics.update(source.update_behaviour(source_batch))
 
@@ -188,17 +184,23 @@ class CoWorldAgent(nn.Module):
         self.set_active_source(state["active_source"])
 
 
+def _relabelled(loss: MixedRewardLoss, target_batch: TensorDictBase, source_batch: TensorDictBase) -> TensorDict:
+    """Eq. 5 on a source batch (which receives the latents) with ``target_batch`` relabelled."""
+    keys = loss.tensor_keys
+    return loss(TensorDict({keys.source: source_batch, keys.target: target_batch}))
+
+
 def make_coworld_agent(model: ModelConfig, agent: AgentConfig, coupling: CouplingConfig, *, action_dim: int,
                        num_sources: int = 1, obs_shape=(3, 64, 64), device: torch.device | str = "cpu",
-                       autocast: bool = False, nan_policy: str = "raise",
-                       eta_steps_default: int | None = None) -> CoWorldAgent:
+                       autocast: bool = False, nan_policy: str = "raise", eta_steps_default: int | None = None,
+                       compile: bool = False, cuda_graphs: bool = False) -> CoWorldAgent:
     """Sources (with Eq. 5 as their world-model loss) and the target (with Eq. 6's penalty).
 
     Source and target share ``model`` (identical latent sizes are required) and
     ``action_dim`` (pad the smaller action space: ``make_env(..., pad_action_dim=...)``).
 
     Keyword Args:
-        nan_policy: :class:`DreamerV2Agent`'s, for every agent.
+        nan_policy, compile, cuda_graphs: :class:`DreamerV2Agent`'s, for every agent.
         eta_steps_default: the run's total number of online (relabelled) source updates,
             used as ``eta``'s decay length when ``coupling.eta_steps`` is ``None``: ``eta``
             is ``coupling.eta_start`` at the first relabelled update and ``eta_end`` at the
@@ -222,11 +224,12 @@ def make_coworld_agent(model: ModelConfig, agent: AgentConfig, coupling: Couplin
         wm_loss = (MixedRewardLoss(world_model, k=coupling.k, eta=eta, **world_model_loss_kwargs(agent))
                    if coupling.relabel else None)
         sources.append(DreamerV2Agent(world_model, actor, critic, agent, world_model_loss=wm_loss,
-                                      autocast=autocast, nan_policy=nan_policy))
+                                      autocast=autocast, nan_policy=nan_policy, compile=compile,
+                                      cuda_graphs=cuda_graphs))
     penalty = None
     if coupling.value_constraint != "none":
         penalty = MinMaxValuePenalty(alpha=coupling.alpha, mode=coupling.value_constraint)
     world_model, actor, critic = networks()
     target = DreamerV2Agent(world_model, actor, critic, agent, value_penalty=penalty, autocast=autocast,
-                            nan_policy=nan_policy)
+                            nan_policy=nan_policy, compile=compile, cuda_graphs=cuda_graphs)
     return CoWorldAgent(target, sources, coupling)

@@ -293,52 +293,52 @@ class DreamerV2Agent(nn.Module):
         return sum(value for key, value in losses.items() if key.startswith("loss_")), losses
 
     def _apply(self, steps: dict[str, tuple[torch.Tensor, TensorDict]]) -> TensorDict:
-        """Backpropagate the total of every optimiser in ``steps`` at once (they train disjoint
+        """Backpropagate the totals of the optimisers in ``steps`` at once (they train disjoint
         parameters), then clip and step each. Writes ``grad_norm_<name>`` and
         ``skipped_<name>``; returns every optimiser's entries, detached."""
-        for optimizer in (self.optimizers[name] for name in steps):
-            optimizer.zero_grad(set_to_none=True)
-        # On the CPU without compile the finite check is free (no device to wait for): done
-        # before the backward, it leaves a skipped step's Adam state untouched. Elsewhere it
-        # stays on the device and Adam skips the step itself.
-        on_host = not self.compiled and next(self.parameters()).device.type == "cpu"
+        device = next(self.parameters()).device
+        # One finite check per optimiser step. On the CPU without compile it costs nothing (no
+        # device to wait for) and is made before the backward, so a skipped step leaves even
+        # Adam's state untouched. Elsewhere it stays on the device: fused Adam skips the step
+        # itself (found_inf, as GradScaler uses it), and "raise" reads the flags once per
+        # update, after its steps.
+        on_host = not self.compiled and device.type == "cpu"
         finite = {name: torch.isfinite(total) for name, (total, _) in steps.items()}
         if on_host:
             finite = {name: bool(ok) for name, ok in finite.items()}
-            if self.nan_policy == "raise" and not all(finite.values()):
-                self._raise_non_finite(steps, finite)
-        totals = [total for name, (total, _) in steps.items() if finite[name] is not False]
-        if totals:
-            torch.autograd.backward(totals)
+            self._check_finite(steps, finite)
+        taken = [name for name in steps if not on_host or finite[name]]
+        for name in steps:
+            self.optimizers[name].zero_grad(set_to_none=True)
+        if taken:
+            torch.autograd.backward([steps[name][0] for name in taken])
         metrics = TensorDict()
-        for name, (total, losses) in steps.items():
+        for name, (_, losses) in steps.items():
             losses = losses.detach()
-            if finite[name] is False:
-                losses[f"grad_norm_{name}"] = torch.zeros((), device=total.device)
-                losses[f"skipped_{name}"] = torch.ones((), device=total.device)
-                metrics.update(losses)
-                continue
-            norm = nn.utils.clip_grad_norm_(self._trained_params(name), self.config.grad_clip)
-            optimizer = self.optimizers[name]
-            skipped = None if on_host else (~finite[name]).float()
-            optimizer.found_inf = skipped  # fused Adam leaves every tensor as it was where found_inf is 1
-            optimizer.step()
-            if skipped is None:
-                losses[f"grad_norm_{name}"], losses[f"skipped_{name}"] = norm, torch.zeros((), device=total.device)
+            if name not in taken:
+                grad_norm, skipped = torch.zeros((), device=device), torch.ones((), device=device)
             else:
-                losses[f"grad_norm_{name}"] = torch.where(finite[name], norm, torch.zeros_like(norm))
-                losses[f"skipped_{name}"] = skipped
+                grad_norm = nn.utils.clip_grad_norm_(self._trained_params(name), self.config.grad_clip)
+                optimizer = self.optimizers[name]
+                optimizer.found_inf = None if on_host else (~finite[name]).float()
+                optimizer.step()
+                skipped = torch.zeros((), device=device) if on_host else optimizer.found_inf
+                if not on_host:
+                    grad_norm = torch.where(finite[name], grad_norm, torch.zeros_like(grad_norm))
+            losses[f"grad_norm_{name}"], losses[f"skipped_{name}"] = grad_norm, skipped
             metrics.update(losses)
         if not on_host and self.nan_policy == "raise":
-            flags = torch.stack([finite[name] for name in steps])
-            if not bool(flags.all()):  # the one host sync of an update, after its steps
-                self._raise_non_finite(steps, dict(zip(steps, flags.tolist())))
+            flags = torch.stack(list(finite.values())).tolist()  # the update's one host sync
+            self._check_finite(steps, dict(zip(finite, flags)))
         return metrics.clone() if self.cuda_graphs else metrics
 
-    def _raise_non_finite(self, steps: dict[str, tuple[torch.Tensor, TensorDict]], finite: dict[str, bool]) -> None:
-        name = next(name for name, ok in finite.items() if not ok)
-        losses = steps[name][1]
-        bad = [f"{key}={value.item():.4g}" for key, value in losses.items()
+    def _check_finite(self, steps: dict[str, tuple[torch.Tensor, TensorDict]], finite: dict[str, bool]) -> None:
+        """With ``nan_policy="raise"``, raise :class:`NonFiniteLossError` naming the non-finite
+        ``loss_*`` terms of the first optimiser whose total is not finite."""
+        name = next((name for name, ok in finite.items() if not ok), None)
+        if name is None or self.nan_policy != "raise":
+            return
+        bad = [f"{key}={value.item():.4g}" for key, value in steps[name][1].items()
                if key.startswith("loss_") and not bool(torch.isfinite(value))]
         raise NonFiniteLossError(
             f"non-finite {', '.join(bad)} in the {name} update; check the batch for NaN/inf (rewards, "
