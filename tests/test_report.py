@@ -103,8 +103,9 @@ def test_table_groups_seeds_by_config_in_recipe_folders_and_by_name_in_s_folders
 
 
 def table3_runs(root: Path) -> Path:
-    """2 methods x 2 tasks x 2 seeds: coworld 10/20 and 30/50, offline_dv2 12/14 and 5/5."""
-    finals = {("coworld_quick", TASKS[0]): (10.0, 20.0), ("coworld_quick", TASKS[1]): (30.0, 50.0),
+    """2 methods x 2 tasks x 2 seeds: coworld 10/20 and 30/50 (the second task's from a sweep over
+    sources), offline_dv2 12/14 and 5/5."""
+    finals = {("coworld_quick", TASKS[0]): (10.0, 20.0), ("coworld_quick/sources=dmc-cheetah_run", TASKS[1]): (30.0, 50.0),
               ("offline_dv2_quick", TASKS[0]): (12.0, 14.0), ("offline_dv2_quick", TASKS[1]): (5.0, 5.0)}
     for (method, task), values in finals.items():
         for seed, value in enumerate(values):
@@ -114,10 +115,13 @@ def table3_runs(root: Path) -> Path:
 
 def test_aggregate_writes_the_paper_table_in_markdown_latex_and_json(tmp_path, capsys):
     """Methods x tasks, mean ± std over seeds (population std), an average column, the best of each
-    column in bold; IQM and mean with CIs per method; normalised scores; display names."""
+    column in bold; IQM and mean with CIs per method; normalised scores; display names by pattern
+    (two sweep folders of one method share a row)."""
     runs = table3_runs(tmp_path / "runs")
+    out = report(capsys, "aggregate", runs)
+    assert "| coworld_quick/sources=dmc-cheetah_run | - | **40.0 ± 10.0** | - |" in out
     out = report(capsys, "aggregate", runs, "--latex", tmp_path / "t.tex", "--json", tmp_path / "t.json",
-                 "--markdown", tmp_path / "t.md", "--name", "coworld_quick=CoWorld", "--reps", 500)
+                 "--markdown", tmp_path / "t.md", "--name", "coworld_quick*=CoWorld", "--reps", 500)
     assert "| Method | dmc/walker_downhill | dmc/walker_uphill | Avg. |" in out
     assert "| CoWorld | **15.0 ± 5.0** | **40.0 ± 10.0** | **27.5** |" in out
     assert "| offline_dv2_quick | 13.0 ± 1.0 | 5.0 ± 0.0 | 9.0 |" in out
@@ -135,8 +139,9 @@ def test_aggregate_writes_the_paper_table_in_markdown_latex_and_json(tmp_path, c
 
     (tmp_path / "scores.json").write_text(json.dumps({TASKS[0]: {"random": 0, "expert": 20},
                                                       TASKS[1]: [10, 60]}))
-    out = report(capsys, "aggregate", runs, "--normalize", tmp_path / "scores.json", "--digits", 2)
-    assert "| coworld_quick | **0.75 ± 0.25** | **0.60 ± 0.20** | **0.68** |" in out
+    out = report(capsys, "aggregate", runs, "--normalize", tmp_path / "scores.json", "--digits", 2,
+                 "--name", "coworld_quick*=CoWorld")
+    assert "| CoWorld | **0.75 ± 0.25** | **0.60 ± 0.20** | **0.68** |" in out
     (tmp_path / "partial.json").write_text(json.dumps({TASKS[0]: [0, 20]}))
     assert "no random/expert scores for task 'dmc/walker_uphill'" in refused(
         capsys, "aggregate", runs, "--normalize", tmp_path / "partial.json")

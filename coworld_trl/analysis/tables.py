@@ -2,6 +2,7 @@
 methods x tasks table with IQM and mean confidence intervals (``report aggregate``)."""
 from __future__ import annotations
 
+import fnmatch
 import statistics
 import time
 from collections import Counter
@@ -86,13 +87,16 @@ def aggregate(runs: list[Run], *, metric: str = "eval/return_mean", normalize: d
 
     Keyword Args:
         normalize: ``{task: (random, expert)}``: scores become ``(x - random) / (expert - random)``.
-        names: display names for methods and tasks (``{"coworld_quick": "CoWorld"}``).
+        names: display names of the methods and tasks matching shell patterns
+            (``{"coworld_paper*": "CoWorld"}``); methods given one name share a row.
     """
-    names = names or {}
+    def display(label: str) -> str:
+        return next((new for pattern, new in (names or {}).items() if fnmatch.fnmatchcase(label, pattern)), label)
+
     cells: dict[str, dict[str, Cell]] = {}
     tasks: list[str] = []
     for (method, task), members in group_runs(runs).items():
-        method, task = names.get(method, method), names.get(str(task), str(task))
+        method, task = display(method), display(str(task))
         scores = [r.final(metric) for r in members]
         if normalize is not None:
             if members[0].task not in normalize:

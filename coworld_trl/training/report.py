@@ -95,9 +95,9 @@ def parse_names(pairs: list[str]) -> dict[str, str]:
 
     names = {}
     for pair in pairs:
-        old, sep, new = pair.partition("=")
+        old, sep, new = pair.rpartition("=")  # OLD may hold '=' (a sweep folder's key), NEW may not
         if not sep or not old or not new:
-            raise RunFolderError(f"--name {pair!r}: use OLD=NEW, e.g. --name coworld_quick=CoWorld")
+            raise RunFolderError(f"--name {pair!r}: use OLD=NEW, e.g. --name 'coworld_paper*=CoWorld'")
         names[old] = new
     return names
 
@@ -156,7 +156,8 @@ def parser() -> argparse.ArgumentParser:
                                     "stratified-bootstrap CIs", output=False)
     agg.add_argument("--normalize", type=Path, help='JSON {"task": {"random": r, "expert": e}}: scores become '
                                                     "(x - r) / (e - r)")
-    agg.add_argument("--name", action="append", default=[], metavar="OLD=NEW", help="display name of a method or task")
+    agg.add_argument("--name", action="append", default=[], metavar="OLD=NEW", help="display name of the methods or tasks matching OLD (a shell pattern: 'coworld_paper*=CoWorld'); "
+                          "methods given one name share a row")
     agg.add_argument("--digits", type=int, default=1)
     agg.add_argument("--reps", type=int, default=2000, help="bootstrap resamples")
     agg.add_argument("--seed", type=int, default=0, help="bootstrap RNG seed")
