@@ -59,6 +59,26 @@ def test_sweep_key_names_a_multirun_job_after_its_overrides():
                                                                                           for i in reversed(range(20))])
 
 
+def test_launcher_configs_compose_into_the_plugins_schemas():
+    """``hydra/launcher=slurm`` and ``local`` come from the package's search path and fit
+    hydra-submitit-launcher's structured configs (an unknown field would be refused)."""
+    from hydra import compose, initialize_config_dir
+
+    from coworld_trl.training.config import register_hydra_schemas
+    from coworld_trl.training.recipe import register_resolvers
+
+    register_hydra_schemas()
+    register_resolvers()
+    with initialize_config_dir(config_dir=str(RECIPE.parent / "config"), version_base=None):
+        slurm = compose("coworld_dmc", overrides=["hydra/launcher=slurm", "hydra.launcher.partition=gpu",
+                                                  "hydra.launcher.timeout_min=720"], return_hydra_config=True)
+        local = compose("finetune_dmc", overrides=["hydra/launcher=local"], return_hydra_config=True)
+    launcher = slurm.hydra.launcher
+    assert launcher._target_.endswith("SlurmLauncher") and launcher.partition == "gpu" and launcher.timeout_min == 720
+    assert launcher.gpus_per_node == 1 and launcher.max_num_timeout > 0 and launcher.additional_parameters.requeue
+    assert local.hydra.launcher._target_.endswith("LocalLauncher")
+
+
 @pytest.mark.slow  # about 70 s: three processes start torch, TorchRL and MuJoCo on 2 cores
 def test_two_job_multirun_through_the_submitit_local_launcher(tmp_path):
     """``-m hydra/launcher=local train.seed=0,1``: two submitit jobs in their own processes, each

@@ -196,7 +196,7 @@ def sweep_status(runs: list[Run], *, stale_minutes: float = 30.0, now: float | N
         lines.append(f"| {name} | {phase} | {progress} | {status['frames']} | {status['updates']} | {evaluation} "
                      f"| {_ago(age)} |")
     order = ("finished", "running", "interrupted", "stale", "without status")
-    lines += ["", f"{len(runs)} runs: " + ", ".join(f"{counts[k]} {k}" for k in order if counts[k])]
+    lines += ["", f"{len(runs)} run{'s' * (len(runs) != 1)}: " + ", ".join(f"{counts[k]} {k}" for k in order if counts[k])]
     return "\n".join(lines), rows
 
 
