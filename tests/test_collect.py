@@ -151,6 +151,33 @@ def test_collect_medium_replay_without_reference_trains_the_whole_run_and_cuts_a
     assert f"reached at {cut['frames']} of 4000 frames" in meta.source
     assert not (tmp_path / "mr.episodes").exists()
 
+    # The run's checkpoint evaluated again with either action, its folder untouched.
+    before = folder_digest(run)
+    for action in ("mode", "mean"):
+        out_json = tmp_path / f"{action}.json"
+        proc = subprocess.run([sys.executable, "-m", "coworld_trl.training.evaluate", str(run), "--episodes", "2",
+                               "--eval-action", action, "--json", str(out_json)], cwd=tmp_path, capture_output=True,
+                              text=True, timeout=300, env={**os.environ, "MUJOCO_GL": os.environ.get("MUJOCO_GL", "egl")})
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        metrics = json.loads(out_json.read_text())
+        assert metrics["eval_action"] == action and len(metrics["eval/returns"]) == 2
+        assert f"2 episodes, eval_action={action}: return {metrics['eval/return_mean']:.1f}" in proc.stdout
+        assert "eval/value_bias" in metrics
+    assert folder_digest(run) == before
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "config.yaml").write_text("target:\n  name: dmc/walker_downhill\n")
+    (tmp_path / "other" / "checkpoint.pt").write_bytes(b"")
+    proc = subprocess.run([sys.executable, "-m", "coworld_trl.training.evaluate", str(tmp_path / "other")],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "is not an online DreamerV2 run" in proc.stderr
+
+
+def folder_digest(folder: Path) -> dict[str, str]:
+    import hashlib
+
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
 
 def test_scripted_policy_acts_in_bounds_and_beats_random():
     """Meta-World's scripted policy through the TensorDict interface: 4-d actions in [-1, 1],

@@ -91,9 +91,12 @@ def load_dreamer_run(run_dir: str | Path, *, device: str = "cpu"):
     run_dir = Path(run_dir)
     config_file, checkpoint = run_dir / "config.yaml", run_dir / "checkpoint.pt"
     if not checkpoint.exists():
-        raise FileNotFoundError(f"{checkpoint} does not exist; collect.checkpoint must be a DreamerV2 run directory "
-                                f"(train one with `python recipes/dreamer_dmc.py`).")
+        raise ConfigError(f"{checkpoint} does not exist; give the folder of an online DreamerV2 run "
+                          f"(train one with `python recipes/dreamer_dmc.py`).")
     stored = yaml.safe_load(config_file.read_text())
+    if "env" not in stored:
+        raise ConfigError(f"{run_dir} is not an online DreamerV2 run (its config.yaml has no env section: another "
+                          f"agent's run); give the folder of a `recipes/dreamer_dmc.py` or collection run.")
     config = from_dict(DreamerConfig, {k: v for k, v in stored.items() if k != "collect"})  # a collection run too
     agent = make_dreamer_agent(config.model, config.agent, action_dim=env_info(config.env.name).action_dim,
                                obs_shape=(3, config.env.image_size, config.env.image_size), device=device)
