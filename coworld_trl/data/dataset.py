@@ -315,6 +315,53 @@ class OfflineDataset:
         return TensorDictReplayBuffer(storage=ReadOnlyStorage(self.rows), sampler=sampler,
                                       batch_size=batch_size * seq_len, prefetch=prefetch or None)
 
+    def device_sampler(self, *, batch_size: int, seq_len: int, device: torch.device | str) -> "DeviceSampler":
+        """:meth:`replay_buffer`'s sequences (same seed, same sequences) read from a copy of
+        every row on ``device``: the dataset is loaded there once (``frames`` rows of device
+        memory), and ``sample(batch_size * seq_len)`` then never leaves the device."""
+        return DeviceSampler(self.replay_buffer(batch_size=batch_size, seq_len=seq_len), self.rows.to(device))
+
+
+def copy_to(data: torch.Tensor | TensorDict, device: torch.device):
+    """``data`` (on the host) on ``device``: on CUDA through pinned memory, without waiting
+    for the copy (the host does not wait for the device's queue either)."""
+    if device.type != "cuda":
+        return data.to(device)
+    return data.pin_memory().to(device, non_blocking=True)
+
+
+class DeviceSampler:
+    """Sequences drawn by a TorchRL buffer's sampler, read from a copy of its rows on a device.
+
+    The sampler draws indices on the host from its own state and the global RNG, exactly as
+    ``buffer.sample`` does, so a seed gives the same sequences as the default path; only the
+    gather moves to ``rows.device``. The indices and the sampler's flags (``is_init`` at slice
+    starts, ``next.done``/``next.truncated`` at slice ends) go to the device from pinned memory
+    without waiting, so a batch needs no host round trip.
+
+    Args:
+        buffer: the TorchRL replay buffer whose sampler and storage define the draw.
+        rows: the storage's rows on the device (``rows[i]`` is the storage's row ``i``).
+
+    Examples:
+        >>> buffer = dataset.replay_buffer(batch_size=50, seq_len=50)
+        >>> sampler = DeviceSampler(buffer, dataset.rows.to("cuda"))
+        >>> sampler.sample(50 * 50).reshape(50, 50)   # on cuda, as buffer.sample() would be
+    """
+
+    def __init__(self, buffer: TensorDictReplayBuffer, rows: TensorDict):
+        self.buffer, self.rows = buffer, rows
+
+    def sample(self, count: int) -> TensorDict:
+        """``count`` rows (flat), with the entries ``TensorDictReplayBuffer.sample`` adds."""
+        index, info = self.buffer.sampler.sample(self.buffer.storage, count)
+        index = torch.stack(index, -1) if isinstance(index, tuple) else index.unsqueeze(-1)
+        device = self.rows.device
+        batch = self.rows[copy_to(index[:, 0], device)]
+        for key, value in info.items():
+            batch.set(key, copy_to(value, device))
+        return batch.set("index", copy_to(index, device))
+
 
 def add_checksums(path: str | Path, *, overwrite: bool = False, progress: bool = False) -> int:
     """Store the sha256 of every file in the ``metadata.json`` of a dataset written before

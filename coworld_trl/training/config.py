@@ -65,12 +65,16 @@ def action_repeat(env: EnvConfig) -> int:
 class DataConfig:
     """Sequences sampled for every update, and the online replay's size. ``whole_episodes``:
     the online replay stores each episode when it ends, as DreamerV2 does (``False``: rows as
-    collected, so the episode being collected is sampled too)."""
+    collected, so the episode being collected is sampled too). ``replay_on_device``: the offline
+    dataset and the online replays keep a copy of their rows on ``train.device`` and batches are
+    gathered there (same sequences for a seed; device memory: the dataset, and
+    ``buffer_capacity`` rows per online replay)."""
 
     batch_size: int = 50
     seq_len: int = 50
     buffer_capacity: int = 2_000_000
     whole_episodes: bool = True
+    replay_on_device: bool = False
 
 
 @dataclass
@@ -80,7 +84,9 @@ class TrainConfig:
     ``prefill_frames`` of random actions start every online replay; an update follows every
     ``train_every`` agent steps. ``nan_policy``: a non-finite loss term stops the run
     (``raise``, naming the term and the update) or skips that optimiser step (``skip``,
-    counted in ``train/skipped_updates``).
+    counted in ``train/skipped_updates``). ``compile``: ``torch.compile`` each update's forward
+    and backward; ``cuda_graphs`` (with ``compile``, CUDA only): replay them as CUDA graphs;
+    ``autocast``: bf16 forward passes (see ``docs/gpu.md``).
     """
 
     prefill_frames: int = 5_000
@@ -88,6 +94,7 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"
     compile: bool = False
+    cuda_graphs: bool = False
     autocast: bool = False
     threads: int = 0
     keep_freed_memory: bool = True  # glibc keeps freed activations (no page faults per update; Linux)
@@ -301,6 +308,11 @@ def validate(config) -> None:
          f"data.buffer_capacity={data.buffer_capacity} must be >= data.seq_len={data.seq_len}"),
         (train.train_every >= 1, f"train.train_every={train.train_every} must be >= 1 agent steps"),
         (train.nan_policy in NAN_POLICIES, f"train.nan_policy={train.nan_policy!r}; use 'raise' or 'skip'"),
+        (not train.cuda_graphs or train.compile,
+         "train.cuda_graphs=true replays the compiled updates as CUDA graphs; set train.compile=true too"),
+        (not train.cuda_graphs or _on_cuda(train.device),
+         f"train.cuda_graphs=true needs a CUDA device, but train.device={train.device!r} is not one on this "
+         f"machine; set train.cuda_graphs=false (train.compile=true compiles without CUDA graphs)"),
         (config.agent.horizon >= 1, f"agent.horizon={config.agent.horizon} must be >= 1"),
         (config.agent.eval_action in EVAL_ACTIONS,
          f"agent.eval_action={config.agent.eval_action!r}; use {' or '.join(map(repr, EVAL_ACTIONS))}"),
@@ -316,6 +328,12 @@ def validate(config) -> None:
     for ok, message in checks:
         if not ok:
             raise ConfigError(message)
+
+
+def _on_cuda(device: str) -> bool:
+    import torch
+
+    return device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
 
 
 def _agent_checks(config) -> list[tuple[bool, str]]:

@@ -2,6 +2,7 @@
 from a recipe config. Schedules call these; agents and losses receive what they return."""
 from __future__ import annotations
 
+import functools
 import logging
 import random
 from pathlib import Path
@@ -49,8 +50,10 @@ def collector_seed(base: int) -> int:
     return base + random.randrange(1_000)
 
 
-def make_replay(path: Path, data: DataConfig) -> OnlineReplay:
-    return OnlineReplay(path, capacity=data.buffer_capacity, seq_len=data.seq_len, whole_episodes=data.whole_episodes)
+def make_replay(path: Path, data: DataConfig, *, device: torch.device | None = None) -> OnlineReplay:
+    """An online replay in ``path``; with ``data.replay_on_device`` its rows are mirrored on ``device``."""
+    return OnlineReplay(path, capacity=data.buffer_capacity, seq_len=data.seq_len, whole_episodes=data.whole_episodes,
+                        device=device if data.replay_on_device else None)
 
 
 def make_evaluator(config, agent, env_name: str, *, logger: Logger, device: torch.device) -> Evaluator:
@@ -103,16 +106,23 @@ def open_target_dataset(config) -> OfflineDataset:
 def dataset_sampler(dataset: OfflineDataset, data: DataConfig, *, env_name: str, action_dim: int,
                     device: torch.device) -> Callable[[], TensorDictBase]:
     """``() -> [B, T]`` sequences of ``env_name``'s dataset on ``device``, actions zero-padded to
-    the agent's ``action_dim`` (the widest of the run's domains)."""
+    the agent's ``action_dim`` (the widest of the run's domains). With ``data.replay_on_device``
+    the dataset is loaded onto ``device`` once and batches are gathered there (the same
+    sequences; :class:`~coworld_trl.data.dataset.DeviceSampler`); otherwise they are sampled
+    from the memory-mapped files, two ahead in background threads, and copied over."""
     env_dim = env_info(env_name).action_dim
     if dataset.metadata.action_dim not in (env_dim, action_dim):
         raise DatasetError(f"{dataset.path} has {dataset.metadata.action_dim}-d actions, but {env_name} takes "
                            f"{env_dim}-d; use a dataset of {env_name}.")
-    buffer = dataset.replay_buffer(batch_size=data.batch_size, seq_len=data.seq_len, prefetch=2)
     pad = action_dim - dataset.metadata.action_dim
+    if data.replay_on_device:
+        draw = functools.partial(dataset.device_sampler(batch_size=data.batch_size, seq_len=data.seq_len,
+                                                        device=device).sample, data.batch_size * data.seq_len)
+    else:
+        draw = dataset.replay_buffer(batch_size=data.batch_size, seq_len=data.seq_len, prefetch=2).sample
 
     def sample() -> TensorDictBase:
-        batch = buffer.sample().reshape(data.batch_size, data.seq_len)
+        batch = draw().reshape(data.batch_size, data.seq_len)
         if pad:
             batch["action"] = F.pad(batch["action"], (0, pad))
         return batch.to(device)

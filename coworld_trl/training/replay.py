@@ -27,6 +27,7 @@ import torch
 from tensordict import TensorDictBase
 from torchrl.data import LazyMemmapStorage, SliceSampler, TensorDictReplayBuffer
 
+from coworld_trl.data.dataset import DeviceSampler, copy_to
 from coworld_trl.modules.policy import STATE_KEYS
 
 EPISODE_KEY = "episode"
@@ -46,13 +47,20 @@ class OnlineReplay:
         seq_len: length ``T`` of sampled sequences.
         whole_episodes: store each episode when it ends (``next.done``), as DreamerV2 does;
             ``False`` stores rows as they come, so the episode being collected is sampled too.
+        device: also keep the rows on this device (``capacity`` rows of its memory): stored
+            rows are copied there from pinned memory without waiting, and :meth:`sample`
+            gathers them there at the indices the sampler draws on the host (the same
+            sequences as without, :class:`~coworld_trl.data.dataset.DeviceSampler`).
 
     Attributes:
         buffer: the TorchRL replay buffer (storage, writer, SliceSampler).
     """
 
-    def __init__(self, path: str | Path, *, capacity: int, seq_len: int, whole_episodes: bool = True):
+    def __init__(self, path: str | Path, *, capacity: int, seq_len: int, whole_episodes: bool = True,
+                 device: torch.device | str | None = None):
         self.path, self.seq_len, self.whole_episodes = Path(path), seq_len, whole_episodes
+        self.device = torch.device(device) if device is not None else None
+        self._device_rows: TensorDictBase | None = None  # the rows on `device`, made on first use
         self.buffer = TensorDictReplayBuffer(
             storage=LazyMemmapStorage(capacity, scratch_dir=self.path),
             sampler=SliceSampler(slice_len=seq_len, traj_key=EPISODE_KEY, strict_length=True),
@@ -75,19 +83,37 @@ class OnlineReplay:
         self._last_episode = int(ids[-1])
         rows = batch.exclude(*NOT_STORED).set(EPISODE_KEY, ids)
         if not self.whole_episodes:
-            self.buffer.extend(rows)
+            self._store(rows)
             return
         ended = rows["next", "done"].reshape(-1).nonzero()
         if not len(ended):
             self._unfinished.append(rows)
             return
         stop = int(ended[-1]) + 1  # rows after the last episode end belong to the next episode
-        self.buffer.extend(torch.cat([*self._unfinished, rows[:stop]]))
+        self._store(torch.cat([*self._unfinished, rows[:stop]]))
         self._unfinished = [rows[stop:]] if stop < len(rows) else []
 
+    def _store(self, rows: TensorDictBase) -> None:
+        index = self.buffer.extend(rows)
+        if self.device is not None:  # the collector's rows reach the device without the host waiting
+            self.device_rows()[copy_to(index, self.device)] = copy_to(rows, self.device)
+
+    def device_rows(self) -> TensorDictBase:
+        """The storage's rows on :attr:`device` (allocated on first use, stored rows copied once)."""
+        if self._device_rows is None:
+            rows = self.buffer.storage._storage
+            self._device_rows = rows.apply(lambda x: torch.empty(x.shape, dtype=x.dtype, device=self.device))
+            stored = len(self.buffer.storage)
+            if stored:
+                self._device_rows[:stored] = rows[:stored].to(self.device)
+        return self._device_rows
+
     def sample(self, batch_size: int) -> TensorDictBase:
-        """``[batch_size, seq_len]`` slices, each inside one episode."""
-        return self.buffer.sample(batch_size * self.seq_len).reshape(batch_size, self.seq_len)
+        """``[batch_size, seq_len]`` slices, each inside one episode (on :attr:`device` if set)."""
+        count = batch_size * self.seq_len
+        if self.device is None:
+            return self.buffer.sample(count).reshape(batch_size, self.seq_len)
+        return DeviceSampler(self.buffer, self.device_rows()).sample(count).reshape(batch_size, self.seq_len)
 
     def state_dict(self) -> dict:
         """Length and write cursor; the rows are already in :attr:`path`."""
@@ -105,7 +131,7 @@ class OnlineReplay:
             # they are never sampled, inside it (a full ring) they are whole episodes of their own.
             storage._len = state["len"]
             self.buffer.writer.load_state_dict(state["writer"])
-        self._last_episode, self._unfinished = None, []
+        self._last_episode, self._unfinished, self._device_rows = None, [], None
 
     def discard_files(self) -> None:
         """Remove files left by a run killed before its first checkpoint (fresh start only)."""

@@ -89,7 +89,7 @@ class OfflineDreamer(Schedule):
                                         device=experiment.device, autocast=config.train.autocast,
                                         nan_policy=config.train.nan_policy, reward_penalty=penalty)
         if config.train.compile:
-            compile_networks(self.agent)
+            compile_networks(self.agent, config.train)
         self.sample = dataset_sampler(self.dataset, config.data, env_name=config.target.name, action_dim=action_dim,
                                       device=experiment.device)
         if config.schedule.world_model_updates == 0 and self.progress.phase == "world_model":
@@ -197,7 +197,7 @@ class Finetune(Schedule):
                                         nan_policy=config.train.nan_policy,
                                         ewc_lmbda=config.ewc.lmbda, ewc_parts=tuple(config.ewc.parts))
         if config.train.compile:
-            compile_networks(self.agent)
+            compile_networks(self.agent, config.train)
         self.frames_per_step = action_repeat(config.target)
         if self.source_run is not None:
             self._load_source_weights(experiment.device)

@@ -95,7 +95,7 @@ class CoWorld(Schedule):
                                         eta_steps_default=max(config.schedule.relabelled_updates(), 1))
         if config.train.compile:
             for agent in (self.agent.target, *self.agent.sources):
-                compile_networks(agent)
+                compile_networks(agent, config.train)
         self.sample_target = dataset_sampler(self.dataset, config.data, env_name=config.target.name,
                                              action_dim=action_dim, device=self.device)
         self.online = self.source_envs = [

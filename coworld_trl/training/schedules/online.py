@@ -20,10 +20,10 @@ class Progress:
     finished: bool = False
 
 
-def compile_networks(agent) -> None:
-    """``train.compile``: the encoder and decoder, the largest modules of an update."""
-    agent.world_model.encoder.compile()
-    agent.world_model.decoder.compile()
+def compile_networks(agent, train) -> None:
+    """``train.compile``: the agent's updates compiled, replayed as CUDA graphs with
+    ``train.cuda_graphs`` (see :meth:`~coworld_trl.agents.DreamerV2Agent.compile_updates`)."""
+    agent.compile_updates(cuda_graphs=train.cuda_graphs)
 
 
 class OnlineSource:
@@ -52,7 +52,8 @@ class OnlineSource:
         self.action_dim, self.device = action_dim, experiment.device
         self.train, self.batch_size = config.train, config.data.batch_size
         self.frames_per_step = action_repeat(env)
-        self.replay = make_replay(experiment.run_dir.path / (f"replay_{label}" if label else "replay"), config.data)
+        self.replay = make_replay(experiment.run_dir.path / (f"replay_{label}" if label else "replay"), config.data,
+                                  device=self.device)
         self._collector = None
 
     @property
@@ -157,7 +158,7 @@ class OnlineDreamer(Schedule):
                                         device=experiment.device, autocast=config.train.autocast,
                                         nan_policy=config.train.nan_policy)
         if config.train.compile:
-            compile_networks(self.agent)
+            compile_networks(self.agent, config.train)
         self.source = OnlineSource(experiment, self.agent, env_name=config.env.name, env=config.env,
                                    seed=config.train.seed, action_dim=action_dim)
         self.online = [self.source]
