@@ -24,13 +24,15 @@ def rng_state() -> dict:
 
 
 def set_rng_state(state: dict) -> None:
+    """Restore :func:`rng_state`'s states; its tensors may have been loaded onto a device
+    (``map_location="cuda"``): generators take CPU byte tensors."""
     random.setstate(state["python"])
     numpy = state["numpy"]
-    np.random.set_state(("MT19937", numpy["keys"].numpy().astype(np.uint32), numpy["pos"], numpy["has_gauss"],
+    np.random.set_state(("MT19937", numpy["keys"].cpu().numpy().astype(np.uint32), numpy["pos"], numpy["has_gauss"],
                          numpy["cached"]))
-    torch.set_rng_state(state["torch"])
+    torch.set_rng_state(state["torch"].cpu())
     if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
 
 
 # 3: one layout for every agent (progress, clocks, schedule state) and agent state dicts
