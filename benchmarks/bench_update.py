@@ -40,6 +40,17 @@ memory back to the OS (:func:`coworld_trl.training.memory.keep_freed_memory`);
 ``--collect-env dmc/cheetah_run`` also times the collection loop: a TorchRL ``Collector``
 stepping the env with the agent's acting policy (latent filtering + actor), in env frames per
 second (agent steps x action repeat), next to the same env stepped by a random policy.
+
+``--variants eager,compiled,cuda_graphs,bf16`` times the same updates under each of the GPU
+path's switches instead (``+`` combines them: ``cuda_graphs+bf16``; ``tanh`` swaps in the
+tanh-normal actor), each on a freshly built agent: median update times, compile time (the first
+two iterations), peak memory and the speedup over ``eager``; no FLOP count, hooks or profiler
+(hooks would recompile the compiled functions). Every variant is written to ``--json`` as soon
+as it is measured, and a variant that fails records its one-line error, so a run cut short by a
+time limit keeps what it measured::
+
+    python benchmarks/bench_update.py --device cuda --preset paper --batch 50 --seq-len 50 \
+        --coworld --variants eager,compiled,cuda_graphs,bf16,cuda_graphs+bf16 --json paper.json
 """
 from __future__ import annotations
 
@@ -56,9 +67,9 @@ from typing import Any, Callable
 import torch
 from tensordict import TensorDict
 
-if __package__ in (None, ""):  # run as a script from a checkout that is not installed
-    from pathlib import Path
+from pathlib import Path
 
+if __package__ in (None, ""):  # run as a script from a checkout that is not installed
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from coworld_trl.agents import CouplingConfig, CoWorldAgent, DreamerV2Agent, make_coworld_agent, make_dreamer_agent
@@ -86,15 +97,17 @@ def make_batch(batch: int, seq_len: int, action_dim: int = 6, device: str | torc
     ).to(device)
 
 
-def build(args: argparse.Namespace, device: torch.device) -> DreamerV2Agent | CoWorldAgent:
+def build(args: argparse.Namespace, device: torch.device, *, autocast: bool | None = None,
+          actor_dist: str | None = None) -> DreamerV2Agent | CoWorldAgent:
     """The agent of ``args.preset`` (a DreamerV2 agent, or CoWorld with one source)."""
-    config = dreamer_config(args.preset)
+    config = dreamer_config(args.preset, model={"actor_dist": actor_dist} if actor_dist else {})
+    autocast = args.autocast if autocast is None else autocast
     if args.coworld:
         return make_coworld_agent(config.model, config.agent, CouplingConfig(), action_dim=args.action_dim,
-                                  num_sources=1, obs_shape=OBS_SHAPE, device=device, autocast=args.autocast,
+                                  num_sources=1, obs_shape=OBS_SHAPE, device=device, autocast=autocast,
                                   eta_steps_default=100_000)  # eta's value does not change the update's cost
     return make_dreamer_agent(config.model, config.agent, action_dim=args.action_dim, obs_shape=OBS_SHAPE,
-                              device=device, autocast=args.autocast)
+                              device=device, autocast=autocast)
 
 
 def dreamer_agents(agent: DreamerV2Agent | CoWorldAgent) -> dict[str, DreamerV2Agent]:
@@ -459,6 +472,118 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     return result
 
 
+VARIANT_SWITCHES = ("eager", "compiled", "cuda_graphs", "bf16", "tanh")
+
+
+def parse_variant(name: str) -> dict[str, Any]:
+    """``"cuda_graphs+bf16"`` -> the agent switches it sets (``cuda_graphs`` implies compiled)."""
+    parts = set(name.split("+"))
+    unknown = parts - set(VARIANT_SWITCHES)
+    if unknown or ("eager" in parts and len(parts) > 1):
+        raise ValueError(f"--variants entry {name!r}: combine {', '.join(VARIANT_SWITCHES[1:])} with '+', or "
+                         f"give eager alone.")
+    return dict(compiled="compiled" in parts or "cuda_graphs" in parts, cuda_graphs="cuda_graphs" in parts,
+                autocast="bf16" in parts, actor_dist="tanh_normal" if "tanh" in parts else None)
+
+
+def measure_variant(args: argparse.Namespace, device: torch.device, name: str) -> dict[str, Any]:
+    """Median update times, compile time and peak memory of one ``--variants`` entry."""
+    switches = parse_variant(name)
+    if switches["cuda_graphs"] and device.type != "cuda":
+        return {"skipped": f"CUDA graphs need CUDA (device {device})"}
+    torch.manual_seed(args.seed)
+    agent = build(args, device, autocast=switches["autocast"], actor_dist=switches["actor_dist"])
+    if switches["compiled"]:
+        for dreamer in dreamer_agents(agent).values():
+            dreamer.compile_updates(cuda_graphs=switches["cuda_graphs"], backend=args.compile_backend)
+    generator = torch.Generator().manual_seed(args.seed)
+    batches = {role: make_batch(args.batch, args.seq_len, args.action_dim, device, generator=generator)
+               for role in (("target", "source") if args.coworld else ("batch",))}
+    fns = updates(agent, batches)
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+    start = time.perf_counter()
+    for _ in range(2):  # compiles (and records the CUDA graphs) when compiled
+        for fn in fns.values():
+            fn()
+    _sync(device)
+    first_two_s = time.perf_counter() - start
+    for _ in range(args.warmup):
+        for fn in fns.values():
+            fn()
+    _sync(device)
+    times: dict[str, list[float]] = {n: [] for n in fns}
+    for _ in range(args.repeats):
+        for n, fn in fns.items():
+            times[n] += time_fn(fn, device, 1, 0)
+    seconds = {n: statistics.median(t) for n, t in times.items()}
+    result = {f"{n}_update_s": seconds[n] for n in fns}
+    result.update(total_s=sum(seconds.values()), first_two_iterations_s=first_two_s,
+                  peak_memory_bytes=peak_memory_bytes(device), times=times)
+    if args.coworld:
+        result["coworld_iteration_s"] = result["total_s"]
+    return result
+
+
+def run_variants(args: argparse.Namespace) -> dict[str, Any]:
+    """``--variants`` at each ``--grid`` point (``preset:BxT``; default: ``--preset``, ``--batch``,
+    ``--seq-len``), each on a fresh agent; the JSON is rewritten after every variant."""
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    names = [name for name in args.variants.split(",") if name]
+    for name in names:
+        parse_variant(name)
+    grid = [point.split(":") for point in args.grid.split(",") if point] or [[args.preset, f"{args.batch}x{args.seq_len}"]]
+    for preset, shape in grid:
+        if preset not in PRESETS or len(shape.split("x")) != 2:
+            raise ValueError(f"--grid point {preset}:{shape}; use preset:BxT with a preset of {', '.join(PRESETS)}.")
+    name_of_device = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.machine()
+    result: dict[str, Any] = dict(
+        mode="coworld" if args.coworld else "dreamer", device=str(device), device_name=name_of_device,
+        torch=torch.__version__, threads=torch.get_num_threads(), repeats=args.repeats, warmup=args.warmup,
+        peak_memory_kind="cuda max_memory_allocated" if device.type == "cuda" else "process peak RSS", runs={})
+    for preset, shape in grid:
+        args.preset, (args.batch, args.seq_len) = preset, map(int, shape.split("x"))
+        run = result["runs"][f"{preset}_{shape}"] = dict(preset=preset, batch=args.batch, seq_len=args.seq_len,
+                                                         variants={})
+        for name in names:
+            try:
+                run["variants"][name] = measure_variant(args, device, name)
+            except Exception as err:  # one variant failing must not lose the others
+                first_line = str(err).splitlines()[0] if str(err) else ""
+                run["variants"][name] = {"error": f"{type(err).__name__}: {first_line}"}
+            eager, measured = run["variants"].get("eager", {}).get("total_s"), run["variants"][name]
+            if eager and "total_s" in measured:
+                measured["speedup_over_eager"] = eager / measured["total_s"]
+            if args.json:
+                write_json(args.json, result)
+            torch._dynamo.reset()  # the next variant compiles from scratch
+    return result
+
+
+def write_json(path: str, result: dict[str, Any]) -> None:
+    tmp = f"{path}.tmp"
+    with open(tmp, "w") as f:
+        json.dump(result, f, indent=2)
+    Path(tmp).replace(path)
+
+
+def report_variants(r: dict[str, Any]) -> str:
+    lines = [f"{r['mode']}: device={r['device']} ({r['device_name']}) torch={r['torch']} threads={r['threads']}"]
+    for key, run in r["runs"].items():
+        lines += ["", f"{key} (batch {run['batch']} x {run['seq_len']})",
+                  f"{'variant':<22}{'total s':>10}{'speedup':>9}{'first 2 it. s':>15}{'peak MiB':>10}"]
+        for name, v in run["variants"].items():
+            if "total_s" not in v:
+                lines.append(f"{name:<22}{v.get('skipped') or v.get('error')}")
+                continue
+            lines.append(f"{name:<22}{v['total_s']:>10.4f}{v.get('speedup_over_eager', float('nan')):>9.2f}"
+                         f"{v['first_two_iterations_s']:>15.1f}{v['peak_memory_bytes'] / 2**20:>10.0f}")
+    return "\n".join(lines)
+
+
 def report(r: dict[str, Any]) -> str:
     lines = [
         f"{r['mode']}: preset={r['preset']} batch={r['batch']} seq_len={r['seq_len']} device={r['device']} "
@@ -527,16 +652,25 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--collect-steps", type=int, default=400, help="agent steps timed in the collection loop")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", type=str, default=None, help="write the results to this path")
+    p.add_argument("--variants", default="",
+                   help="time the updates under each GPU-path switch instead: comma list of eager, compiled, "
+                        "cuda_graphs, bf16, tanh (combined with '+', e.g. cuda_graphs+bf16)")
+    p.add_argument("--grid", default="", help="with --variants: comma list of preset:BxT points (e.g. "
+                                               "quick:16x16,paper:50x50) instead of --preset/--batch/--seq-len")
+    p.add_argument("--compile-backend", default="inductor", help="torch.compile backend of the compiled variants")
     return p.parse_args(argv)
 
 
 def main(argv=None) -> dict[str, Any]:
     args = parse_args(argv)
+    if args.variants:
+        result = run_variants(args)
+        print(report_variants(result))
+        return result
     result = run(args)
     print(report(result))
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(result, f, indent=2)
+        write_json(args.json, result)
     return result
 
 

@@ -53,3 +53,30 @@ def test_bench_update_times_the_agents_own_updates(tmp_path):
     assert "state alignment (Eq. 3)" in coworld["parts_s"]["target"]
     assert "source world-model loss with relabelling (Eq. 2, 4-5)" in coworld["parts_s"]["source"]
     assert "source world model: backward" in coworld["breakdown_s"]["source"]
+
+
+def test_gpu_check_smoke_runs_every_stage_into_one_json(tmp_path):
+    """``gpu_check.sh --smoke``: every stage on the CPU at toy sizes, one JSON with each stage's
+    status, the pytest counts, the CoWorld iteration's variants (CUDA graphs skipped on the CPU),
+    the updates grid, the online run's throughput and the summary."""
+    import os
+    import subprocess
+
+    env = {**os.environ, "PYTHON": sys.executable, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(["bash", str(BENCHMARKS / "gpu_check.sh"), "--smoke", "--out", str(tmp_path)],
+                          capture_output=True, text=True, timeout=900, env=env)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    result = json.loads((tmp_path / "gpu_check.json").read_text())
+    statuses = {name: stage["status"] for name, stage in result["stages"].items()}
+    assert statuses == {"pytest_gpu": "ok", "coworld_iteration": "ok", "updates": "ok", "online_walker_walk": "ok"}, (
+        statuses, proc.stdout[-2000:])
+    assert result["pytest_gpu"]["skipped"] >= 1 and result["pytest_gpu"]["failed"] == 0
+    variants = result["coworld_iteration"]["runs"]["quick_2x4"]["variants"]
+    assert variants["eager"]["target_update_s"] > 0 and variants["eager"]["source_update_s"] > 0
+    assert variants["eager"]["peak_memory_bytes"] > 0 and "CUDA" in variants["cuda_graphs"]["skipped"]
+    assert set(result["updates"]["runs"]) == {"quick_2x4", "quick_2x3"}
+    assert result["updates"]["runs"]["quick_2x4"]["variants"]["bf16"]["world_model_update_s"] > 0
+    assert result["online"]["frames"] > 0 and result["online"]["replay_on_device"]
+    summary = result["summary"]
+    assert summary["coworld_best_variant"] == "eager" and summary["goal_coworld_iteration_s"] == 0.05
+    assert summary["online_frames_per_s"] > 0 and "quick_2x4" in summary["updates_total_s"]
