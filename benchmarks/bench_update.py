@@ -216,8 +216,10 @@ class SectionTimer:
     Each optimiser marks a timeline: its ``zero_grad`` (the forward before it ends), the
     last gradient accumulated into its parameters (backward ends), its step pre- and
     post-hooks (clip between, then Adam). Consecutive marks make the sections of one
-    update, which add up to its time. Forward hooks on modules (and wrapped methods) time
-    parts inside the forwards, inclusively; they are reported indented, not added.
+    update, which add up to its time. The agent computes the actor's and the critic's losses
+    together and backpropagates them at once, so the behaviour update's forward is under
+    ``actor: forward`` and ``value: forward`` is about 0. Forward hooks on modules (and wrapped
+    methods) time parts inside the forwards, inclusively; they are reported indented, not added.
     On CUDA every mark synchronises, so the sections are slower than the plain updates.
     """
 
@@ -320,7 +322,7 @@ class SectionTimer:
         names = {"zero_grad": "forward", "backward done": "backward", "step": "grad clip", "step done": "adam step"}
         sections: dict[str, float] = {}
         previous = start
-        for when, label, event in self.marks:
+        for when, label, event in sorted(self.marks):  # backward-done marks are noted late, at the step
             name = f"{label}: {names[event]}"
             sections[name] = sections.get(name, 0.0) + when - previous
             previous = when
@@ -535,7 +537,8 @@ def run_variants(args: argparse.Namespace) -> dict[str, Any]:
     names = [name for name in args.variants.split(",") if name]
     for name in names:
         parse_variant(name)
-    grid = [point.split(":") for point in args.grid.split(",") if point] or [[args.preset, f"{args.batch}x{args.seq_len}"]]
+    grid = ([point.split(":") for point in args.grid.split(",") if point]
+            or [[args.preset, f"{args.batch}x{args.seq_len}"]])
     for preset, shape in grid:
         if preset not in PRESETS or len(shape.split("x")) != 2:
             raise ValueError(f"--grid point {preset}:{shape}; use preset:BxT with a preset of {', '.join(PRESETS)}.")

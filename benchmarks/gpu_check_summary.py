@@ -20,10 +20,21 @@ GOAL_S = 0.050  # one CoWorld iteration at the paper preset, 50 x 50 (issue 15)
 PYTEST_LINE = re.compile(r"^(\S+::\S+) (PASSED|FAILED|SKIPPED|ERROR|XFAIL|XPASS)")
 
 
-def pytest_results(log: Path) -> dict[str, Any]:
+def stage_log(out: Path, name: str) -> str:
+    """What stage ``name`` printed (its part of ``gpu_check.log``, or its own log while it runs)."""
+    own = out / "parts" / f"{name}.log"
+    if own.exists():
+        return own.read_text(errors="replace")
+    log = out / "gpu_check.log"
+    text = log.read_text(errors="replace") if log.exists() else ""
+    start = text.find(f"== {name} ")
+    end = text.find("\n== ", start + 1)
+    return text[start:end if end >= 0 else None] if start >= 0 else ""
+
+
+def pytest_results(text: str) -> dict[str, Any]:
     """Outcome of every test in a ``pytest -v`` log (what ran before a timeout, too)."""
     outcomes: dict[str, str] = {}
-    text = log.read_text(errors="replace") if log.exists() else ""
     for line in text.splitlines():
         match = PYTEST_LINE.match(line)
         if match:
@@ -68,7 +79,8 @@ def summarize(result: dict[str, Any]) -> dict[str, Any]:
     summary["updates_total_s"] = {key: {name: v["total_s"] for name, v in run["variants"].items() if "total_s" in v}
                                   for key, run in updates.items()}
     online = result.get("online") or {}
-    for key in ("training_frames_per_s", "training_updates_per_s", "frames_per_s", "updates_per_s", "peak_memory_bytes"):
+    for key in ("training_frames_per_s", "training_updates_per_s", "frames_per_s", "updates_per_s",
+                "peak_memory_bytes"):
         if key in online:
             summary[f"online_{key}"] = online[key]
     return summary
@@ -85,13 +97,16 @@ def main(argv=None) -> dict[str, Any]:
     stages = {}
     for entry in args.stages:
         name, status, seconds = entry.rsplit(":", 2)
-        stages[name] = {"status": status, "seconds": int(seconds), "log": f"{name}.log"}
+        stages[name] = {"status": status, "seconds": int(seconds)}
     result: dict[str, Any] = {
         "written": time.strftime("%Y-%m-%dT%H:%M:%S"), "smoke": args.smoke == "1", "budget_s": args.budget,
         "machine": {"host": platform.node(), "gpu": gpu_name()}, "stages": stages,
     }
+    if "imports" in stages:
+        lines = [line for line in stage_log(out, "imports").splitlines() if "import" in line and "==" not in line]
+        result["imports"] = lines[-1] if lines else None
     if "pytest_gpu" in stages:
-        result["pytest_gpu"] = pytest_results(out / "pytest_gpu.log")
+        result["pytest_gpu"] = pytest_results(stage_log(out, "pytest_gpu"))
     for key, part in (("coworld_iteration", "coworld_iteration"), ("updates", "updates"),
                       ("online", "online_walker_walk")):
         result[key] = read_part(out, part)

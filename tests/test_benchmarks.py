@@ -68,8 +68,9 @@ def test_gpu_check_smoke_runs_every_stage_into_one_json(tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     result = json.loads((tmp_path / "gpu_check.json").read_text())
     statuses = {name: stage["status"] for name, stage in result["stages"].items()}
-    assert statuses == {"pytest_gpu": "ok", "coworld_iteration": "ok", "updates": "ok", "online_walker_walk": "ok"}, (
+    assert statuses == {"imports": "ok", "pytest_gpu": "ok", "coworld_iteration": "ok", "updates": "ok", "online_walker_walk": "ok"}, (
         statuses, proc.stdout[-2000:])
+    assert result["imports"] == "imports ok"
     assert result["pytest_gpu"]["skipped"] >= 1 and result["pytest_gpu"]["failed"] == 0
     variants = result["coworld_iteration"]["runs"]["quick_2x4"]["variants"]
     assert variants["eager"]["target_update_s"] > 0 and variants["eager"]["source_update_s"] > 0

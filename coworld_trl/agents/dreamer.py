@@ -381,6 +381,11 @@ class DreamerV2Agent(nn.Module):
                 batch.set(key, batch.get(key).clone())
         return self._apply({"world_model": (total, losses)})
 
+    def step_world_model(self, losses: TensorDict) -> TensorDict:
+        """Sum the ``loss_*`` entries of ``losses`` (computed outside the agent, with their graph),
+        backpropagate, clip and step the world model, as :meth:`update_world_model` does."""
+        return self._apply({"world_model": self._with_regularizer("world_model", losses)})
+
     @torch.no_grad()
     def observe(self, batch: TensorDictBase) -> TensorDictBase:
         """Filter ``batch`` with the world model, without gradient, writing its posterior latents.
