@@ -61,9 +61,11 @@ class OnlineReplay:
         self.path, self.seq_len, self.whole_episodes = Path(path), seq_len, whole_episodes
         self.device = torch.device(device) if device is not None else None
         self._device_rows: TensorDictBase | None = None  # the rows on `device`, made on first use
+        # compilable: counters in plain tensors, not multiprocessing Values (named semaphores that a
+        # killed run leaks); the buffer is never shared between processes.
         self.buffer = TensorDictReplayBuffer(
-            storage=LazyMemmapStorage(capacity, scratch_dir=self.path),
-            sampler=SliceSampler(slice_len=seq_len, traj_key=EPISODE_KEY, strict_length=True),
+            storage=LazyMemmapStorage(capacity, scratch_dir=self.path, compilable=True),
+            sampler=SliceSampler(slice_len=seq_len, traj_key=EPISODE_KEY, strict_length=True), compilable=True,
         )
         self._last_episode: int | None = None  # read from the files on the first write
         self._unfinished: list[TensorDictBase] = []  # rows of the episode being collected
@@ -102,7 +104,8 @@ class OnlineReplay:
         """The storage's rows on :attr:`device` (allocated on first use, stored rows copied once)."""
         if self._device_rows is None:
             rows = self.buffer.storage._storage
-            self._device_rows = rows.apply(lambda x: torch.empty(x.shape, dtype=x.dtype, device=self.device))
+            self._device_rows = rows.apply(lambda x: torch.empty(x.shape, dtype=x.dtype, device=self.device),
+                                           device=self.device)
             stored = len(self.buffer.storage)
             if stored:
                 self._device_rows[:stored] = rows[:stored].to(self.device)
