@@ -321,6 +321,6 @@ def test_cli_convert_info_validate_and_export(tmp_path, capsys):
 
 def test_cli_reports_a_broken_file_in_one_line(tmp_path, capsys):
     src = _broken("ragged", tmp_path)
-    assert data_cli(["validate", str(src)]) == 1
+    assert data_cli(["validate", str(src)]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and "bad.npz: ragged episode" in err and "\n" not in err

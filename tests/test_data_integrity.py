@@ -162,10 +162,10 @@ def test_a_truncated_file_is_refused_by_open_info_and_validate_without_touching_
     assert str(info.value).startswith(message) and "re-import it with `python -m coworld_trl.data convert" in str(info.value)
     for command in ("validate", "info"):
         code, out, err = cli(capsys, command, dataset_path)
-        assert code == 1 and not out
+        assert code == 2 and not out
         assert err.startswith(f"error: {message}") and "\n" not in err
     code, _, err = cli(capsys, "checksum", dataset_path)
-    assert code == 1 and message in err
+    assert code == 2 and message in err
     assert snapshot(dataset_path) == before  # still truncated: nothing re-extended it
 
 
@@ -200,7 +200,7 @@ def test_validate_checks_every_rows_episode_id(dataset_path, capsys):
     ids.tofile(dataset_path / "rows" / "episode.memmap")
     OfflineDataset(dataset_path)  # opening reads only the index
     code, _, err = cli(capsys, "validate", dataset_path)
-    assert code == 1 and "rows/episode.memmap: row 25 is in episode 2, the episode index says 1" in err
+    assert code == 2 and "rows/episode.memmap: row 25 is in episode 2, the episode index says 1" in err
 
 
 # ------------------------------------------------------------------ checksums
@@ -221,7 +221,7 @@ def test_a_flipped_byte_is_caught_by_validate_checksum_naming_the_file(dataset_p
     file.write_bytes(bytes(data))
     OfflineDataset(dataset_path)  # the size is right: opening does not read the pixels
     code, out, err = cli(capsys, "validate", "--checksum", dataset_path)
-    assert code == 1 and not out and "\n" not in err
+    assert code == 2 and not out and "\n" not in err
     assert f"1 file(s) differ from their checksum: {file}: sha256 " in err
     with pytest.raises(DatasetError, match="already has checksums"):
         add_checksums(dataset_path)  # recomputing would bless the damage
@@ -236,7 +236,7 @@ def test_an_old_dataset_without_checksums_opens_and_the_checksum_command_adds_th
     code, out, _ = cli(capsys, "validate", dataset_path)
     assert code == 0 and json.loads(out)["checksums"].startswith("none stored")
     code, out, err = cli(capsys, "validate", "--checksum", dataset_path)
-    assert code == 1 and not out and "\n" not in err
+    assert code == 2 and not out and "\n" not in err
     assert "no checksums" in err and f"python -m coworld_trl.data checksum {dataset_path}" in err
     data_before = {k: v for k, v in snapshot(dataset_path).items() if k not in (".", METADATA_FILE)}
     code, out, _ = cli(capsys, "checksum", dataset_path)
@@ -247,7 +247,7 @@ def test_an_old_dataset_without_checksums_opens_and_the_checksum_command_adds_th
     assert {k: v for k, v in snapshot(dataset_path).items() if k not in (".", METADATA_FILE)} == data_before
     assert cli(capsys, "validate", "--checksum", dataset_path)[0] == 0
     code, _, err = cli(capsys, "checksum", dataset_path)
-    assert code == 1 and "already has checksums" in err and "--overwrite" in err
+    assert code == 2 and "already has checksums" in err and "--overwrite" in err
     assert cli(capsys, "checksum", "--overwrite", dataset_path)[0] == 0
 
 
@@ -261,7 +261,7 @@ def test_a_malformed_checksum_table_is_refused(dataset_path):
 def test_checksum_flag_on_raw_input_is_refused(tmp_path, capsys):
     src = write_npz_dir(tmp_path / "src", lengths=(5,))
     code, _, err = cli(capsys, "validate", "--checksum", src)
-    assert code == 1 and "npz input has none" in err
+    assert code == 2 and "npz input has none" in err
 
 
 def test_hdf5_import_stores_checksums(tmp_path):

@@ -6,7 +6,8 @@
         SOURCE: npz directory or hdf5 shard(s) -> DEST dataset; or a dataset -> DEST npz directory
     python -m coworld_trl.data checksum DATASET [--overwrite]   # store sha256s in an older dataset's metadata
 
-Every command but ``convert`` and ``checksum`` only reads: datasets are opened read-only.
+Every command but ``convert`` and ``checksum`` only reads: datasets are opened read-only. A
+bad input is refused in one line ``error: ...`` with exit code 2.
 """
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ import sys
 from pathlib import Path
 
 from coworld_trl.data.dataset import METADATA_FILE, DatasetError, OfflineDataset, add_checksums
+from coworld_trl.errors import CoWorldError
 
 
 def source_kind(path: Path) -> str:
@@ -55,7 +57,8 @@ def validate(path: Path, env: str | None, checksum: bool = False) -> dict:
             from coworld_trl.envs import env_info
 
             if dataset.metadata.action_dim != env_info(env).action_dim:
-                raise DatasetError(f"{path}: action dim {dataset.metadata.action_dim}, {env} takes {env_info(env).action_dim}.")
+                raise DatasetError(f"{path}: action dim {dataset.metadata.action_dim}, {env} takes "
+                                   f"{env_info(env).action_dim}; the dataset belongs to another env (check --env).")
         if checksum:
             checksums = f"verified ({dataset.verify_checksums(progress=True)} files, sha256)"
         elif dataset.metadata.checksums:
@@ -134,9 +137,9 @@ def main(argv=None) -> int:
             result = dict(path=str(args.dataset), checksums=f"stored ({files} files, sha256)")
         else:
             result = convert(args.source, args.destination, args.env, args.overwrite)
-    except DatasetError as err:
+    except CoWorldError as err:  # a damaged input, an unknown env name: one line, as the recipes print it
         print(f"error: {err}", file=sys.stderr)
-        return 1
+        return err.exit_code
     print(json.dumps(result, indent=2))
     return 0
 

@@ -119,7 +119,11 @@ class DatasetWriter:
                                f"(--overwrite) to replace it.")
         self.tmp = self.path.parent / f".{self.path.name}.partial-{os.getpid()}"
         shutil.rmtree(self.tmp, ignore_errors=True)
-        self.tmp.mkdir(parents=True)
+        try:
+            self.tmp.mkdir(parents=True)
+        except OSError as err:
+            raise DatasetError(f"{self.path}: cannot create the dataset there ({err.strerror}); choose an output "
+                               f"path in a writable folder.") from None
         row = example_rows[0].clone()
         row["episode"] = torch.zeros((), dtype=torch.int64)
         self.rows = row.expand(capacity_frames).memmap_like(prefix=self.tmp / "rows")
@@ -312,8 +316,10 @@ class OfflineDataset:
             raise DatasetError(f"seq_len={seq_len} is longer than every episode of {self.path} (longest {longest}); "
                                f"use seq_len <= {longest}.")
         sampler = SliceSampler(slice_len=seq_len, traj_key="episode", cache_values=True, strict_length=True)
-        return TensorDictReplayBuffer(storage=ReadOnlyStorage(self.rows), sampler=sampler,
-                                      batch_size=batch_size * seq_len, prefetch=prefetch or None)
+        # compilable: counters in plain tensors, not multiprocessing Values (named semaphores that a
+        # killed process leaks); the buffer is never shared between processes.
+        return TensorDictReplayBuffer(storage=ReadOnlyStorage(self.rows, compilable=True), sampler=sampler,
+                                      batch_size=batch_size * seq_len, prefetch=prefetch or None, compilable=True)
 
     def device_sampler(self, *, batch_size: int, seq_len: int, device: torch.device | str) -> "DeviceSampler":
         """:meth:`replay_buffer`'s sequences (same seed, same sequences) read from a copy of

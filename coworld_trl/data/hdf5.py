@@ -8,6 +8,7 @@ npz (the action and reward that led to the observation), so each episode goes th
 """
 from __future__ import annotations
 
+from contextlib import closing
 from pathlib import Path
 from typing import Iterator
 
@@ -95,14 +96,14 @@ def import_hdf5(source: str | Path, destination: str | Path, *, env: str | None 
     plan = [(path, r) for path in hdf5_files(source) for r in shard_episodes(path, action_dim=action_dim)]
     if not plan:
         raise DatasetError(f"{source}: no complete episode (step_type 0 ... 2) in the shards.")
-    episodes = _episodes(plan, progress)
-    rows, final = next(episodes)
-    with DatasetWriter(destination, rows, final, capacity_frames=sum(b - a - 1 for _, (a, b) in plan),
-                       capacity_episodes=len(plan), env=env, source=f"import hdf5 {Path(source).resolve()}",
-                       overwrite=overwrite) as writer:
-        writer.add(rows, final)
-        for rows, final in episodes:
+    with closing(_episodes(plan, progress)) as episodes:  # a refusal closes the progress bar
+        rows, final = next(episodes)
+        with DatasetWriter(destination, rows, final, capacity_frames=sum(b - a - 1 for _, (a, b) in plan),
+                           capacity_episodes=len(plan), env=env, source=f"import hdf5 {Path(source).resolve()}",
+                           overwrite=overwrite) as writer:
             writer.add(rows, final)
+            for rows, final in episodes:
+                writer.add(rows, final)
     return OfflineDataset(destination)
 
 

@@ -10,6 +10,7 @@ float64 arrays are cast to float32 and recorded in the dataset's notes.
 from __future__ import annotations
 
 import zipfile
+from contextlib import closing
 from pathlib import Path
 from typing import Iterator
 
@@ -127,15 +128,15 @@ def import_npz(source: str | Path, destination: str | Path, *, env: str | None =
     size, dim = headers[0]["image"][0][1], headers[0]["action"][0][1]  # one dataset, one size and action dim
     lengths = [check_layout(f, h, image_size=size, action_dim=dim) for f, h in zip(files, headers)]
     notes: list[str] = []
-    episodes = _episodes(files, size, dim, notes, progress)
-    rows, final = next(episodes)
-    with DatasetWriter(destination, rows, final, capacity_frames=sum(lengths) - len(files),
-                       capacity_episodes=len(files), env=env, source=description or f"import npz {Path(source).resolve()}",
-                       overwrite=overwrite) as writer:
-        writer.notes = notes
-        writer.add(rows, final)
-        for rows, final in episodes:
+    with closing(_episodes(files, size, dim, notes, progress)) as episodes:  # a refusal closes the progress bar
+        rows, final = next(episodes)
+        with DatasetWriter(destination, rows, final, capacity_frames=sum(lengths) - len(files),
+                           capacity_episodes=len(files), overwrite=overwrite, env=env,
+                           source=description or f"import npz {Path(source).resolve()}") as writer:
+            writer.notes = notes
             writer.add(rows, final)
+            for rows, final in episodes:
+                writer.add(rows, final)
     return OfflineDataset(destination)
 
 

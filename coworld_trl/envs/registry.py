@@ -22,6 +22,7 @@ family         names                                        act.   episode      
 """
 from __future__ import annotations
 
+import difflib
 import functools
 from dataclasses import dataclass
 
@@ -131,7 +132,9 @@ def _parse(name: str) -> tuple[str, str]:
     except ImportError as err:
         raise MissingDependencyError(f"{name!r} needs the {family} package, which is not installed: {INSTALL_HINTS[family]}") from err
     if name not in names:
-        raise ConfigError(f"unknown environment {name!r}; valid {family} names: {', '.join(names)}")
+        close = difflib.get_close_matches(name, names, n=2)
+        guess = f" (did you mean {' or '.join(map(repr, close))}?)" if close else ""
+        raise ConfigError(f"unknown environment {name!r}{guess}; valid {family} names: {', '.join(names)}")
     return family, task
 
 

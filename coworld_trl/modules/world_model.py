@@ -167,10 +167,12 @@ class WorldModel(TensorDictModuleBase):
 
     def check_obs(self, obs: torch.Tensor, owner: str = "WorldModel") -> None:
         """Raise a one-line ``ValueError`` when ``obs`` is not ``[..., *obs_shape]`` (shapes only)."""
-        expected = self.obs_shape
+        expected, key = self.obs_shape, self.tensor_keys.obs
+        if obs.dtype == torch.float64 or not (obs.dtype == torch.uint8 or obs.is_floating_point()):
+            raise ValueError(f"{owner}: {key!r} has dtype {obs.dtype}; the model takes uint8 pixels in [0, 255] or "
+                             f"float32 inputs: cast it with .to(torch.uint8) or .float()")
         if expected is None or tuple(obs.shape[obs.ndim - len(expected):]) == expected:
             return
-        key = self.tensor_keys.obs
         message = f"{owner}: {key!r} has shape {tuple(obs.shape)} but the model takes [..., {', '.join(map(str, expected))}]"
         if len(expected) == 3 and tuple(obs.shape[-3:]) == (*expected[1:], expected[0]):
             message += "; the images are channels-last (HWC): permute them to CHW (TorchRL's ToTensorImage does)"
@@ -182,7 +184,10 @@ class WorldModel(TensorDictModuleBase):
         raise ValueError(message)
 
     def check_action(self, action: torch.Tensor, owner: str = "WorldModel") -> None:
-        """Raise a one-line ``ValueError`` when ``action`` is not ``[..., action_dim]``."""
+        """Raise a one-line ``ValueError`` when ``action`` is not float ``[..., action_dim]``."""
+        if action.dtype == torch.float64 or not action.is_floating_point():
+            raise ValueError(f"{owner}: {self.tensor_keys.action!r} has dtype {action.dtype}; the model takes float32 "
+                             f"actions: cast them with .float()")
         if action.shape[-1] != self.action_dim:
             raise ValueError(
                 f"{owner}: {self.tensor_keys.action!r} has shape {tuple(action.shape)} ({action.shape[-1]}-d actions) "
@@ -210,6 +215,9 @@ class WorldModel(TensorDictModuleBase):
     def forward(self, tensordict: TensorDictBase) -> TensorDictBase:
         if tensordict.ndim != 2:
             raise ValueError(f"WorldModel expects a [batch, time] TensorDict, got batch_size={tuple(tensordict.shape)}.")
+        if 0 in tensordict.shape:
+            raise ValueError(f"WorldModel: the batch is empty (batch_size={tuple(tensordict.shape)}); give it at least "
+                             f"one sequence of one step (data.batch_size >= 1).")
         keys = self.tensor_keys
         obs = require(tensordict, keys.obs, "WorldModel", self._fix("obs"))
         action = require(tensordict, keys.action, "WorldModel", self._fix("action"))

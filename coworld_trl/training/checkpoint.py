@@ -8,6 +8,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from coworld_trl.errors import CoWorldError
+
 
 def rng_state() -> dict:
     """Python, NumPy and torch RNG states as tensors and plain types (weights-only loadable)."""
@@ -35,6 +37,10 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
 
 
+class CheckpointError(CoWorldError, RuntimeError):
+    """A checkpoint cannot be read, or not resumed by this version; the message names the file and the fix."""
+
+
 # 3: one layout for every agent (progress, clocks, schedule state) and agent state dicts
 # without duplicate entries; 2: the replay's rows live in the run directory and the checkpoint
 # holds its length and cursor (format 1 referenced a copy of the replay made at each checkpoint).
@@ -50,6 +56,13 @@ def save_checkpoint(path: str | Path, state: dict) -> None:
     os.replace(tmp, path)
 
 
+def _load_error(err: Exception) -> str:
+    """The informative sentence of a ``torch.load`` error (its messages run over several lines)."""
+    text = str(err).split("WeightsUnpickler error:", 1)[-1]
+    line = next((line.strip() for line in text.splitlines() if line.strip()), type(err).__name__)
+    return line.split(". ")[0].rstrip(".")
+
+
 def load_checkpoint(path: str | Path, map_location=None, *, resume: bool = False) -> dict:
     """Load a checkpoint without executing pickled code (``weights_only=True``).
 
@@ -59,9 +72,10 @@ def load_checkpoint(path: str | Path, map_location=None, *, resume: bool = False
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:  # corrupt or foreign file: say which and what to do
-        raise RuntimeError(f"cannot read checkpoint {path}: {err}; delete it or use a new output_dir") from err
+        raise CheckpointError(f"cannot read checkpoint {path} ({_load_error(err)}); it is damaged or not a coworld_trl "
+                              f"checkpoint: delete it or use a new output_dir") from err
     found = state.get("format", 1)
     if resume and found != CHECKPOINT_FORMAT:
-        raise RuntimeError(f"checkpoint {path} has format {found} and this coworld_trl resumes format "
+        raise CheckpointError(f"checkpoint {path} has format {found} and this coworld_trl resumes format "
                            f"{CHECKPOINT_FORMAT}; use a new output_dir (or the coworld_trl version that wrote it)")
     return state

@@ -2,9 +2,10 @@
 
 An experiment sets a run up in a fixed order: config (validated) and the schedule's inputs
 (its offline dataset: a missing one is refused before anything is written) -> process
-(threads, allocator, seed, device) -> run directory -> logger -> the schedule's envs, replays
-and agent (built through :mod:`coworld_trl.training.factory`) -> evaluator. Then the schedule
-runs.
+(threads, allocator, seed, device) -> run directory (and its checkpoint, read now so that one
+this version cannot resume is refused before anything is written) -> logger -> the schedule's
+envs, replays and agent (built through :mod:`coworld_trl.training.factory`) -> evaluator; a new
+run's folder is removed again when any of these fails. Then the schedule runs.
 Only the schedule differs between agents (online DreamerV2; CoWorld's Algorithm 1; a
 baseline's pretrain-then-finetune); checkpoint, restore, evaluation, the clocks and metric
 aggregation are written here, once:
@@ -46,7 +47,7 @@ from tensordict import TensorDictBase
 from tqdm import tqdm
 
 from coworld_trl.agents import NonFiniteLossError
-from coworld_trl.errors import CoWorldError
+from coworld_trl.errors import ConfigError, CoWorldError
 from coworld_trl.training.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from coworld_trl.training.config import to_dict, validate
 from coworld_trl.training.logging import log_metrics, make_logger
@@ -60,7 +61,7 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"train.device={name!r} but CUDA is not available; use train.device=cpu or auto")
+        raise ConfigError(f"train.device={name!r} but CUDA is not available; use train.device=cpu or auto")
     return torch.device(name)
 
 
@@ -255,10 +256,17 @@ class Experiment:
         self.config, self.schedule, self.callbacks = config, schedule, list(callbacks)
         self.device = prepare_process(config.train)
         self.run_dir = RunDirectory(config.output_dir, to_dict(config))
-        self.logger = make_logger(config.logger.backend, self.run_dir.path, project=config.logger.project)
-        self.agent = schedule.build(self)
-        evaluated, env_name = schedule.evaluated()
-        self.evaluator = make_evaluator(config, evaluated, env_name, logger=self.logger, device=self.device)
+        try:
+            # A checkpoint this version cannot resume is refused before the logger and replays write here.
+            self._resume_state = load_checkpoint(self.run_dir.checkpoint, map_location=self.device, resume=True) \
+                if self.run_dir.checkpoint.exists() else None
+            self.logger = make_logger(config.logger.backend, self.run_dir.path, project=config.logger.project)
+            self.agent = schedule.build(self)
+            evaluated, env_name = schedule.evaluated()
+            self.evaluator = make_evaluator(config, evaluated, env_name, logger=self.logger, device=self.device)
+        except BaseException:
+            self.run_dir.discard()  # a failed start leaves no folder that would refuse the corrected command
+            raise
         self.clocks = {"log": Every(config.logger.log_every_updates), "eval": Every(config.eval.every_updates),
                        "checkpoint": Every(config.logger.checkpoint_every_updates)}
         self.metrics = MetricAggregator()
@@ -290,10 +298,10 @@ class Experiment:
             callback.on_checkpoint(self)
 
     def restore(self) -> bool:
-        if not self.run_dir.checkpoint.exists():
+        state, self._resume_state = self._resume_state, None
+        if state is None:
             self.schedule.discard_files()
             return False
-        state = load_checkpoint(self.run_dir.checkpoint, map_location=self.device, resume=True)
         self.agent.load_checkpoint_state(state["agent"])
         self.schedule.progress = type(self.progress)(**state["progress"])
         for name, last in state["clocks"].items():

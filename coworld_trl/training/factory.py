@@ -78,7 +78,11 @@ def open_target_dataset(config) -> OfflineDataset:
     what it is (``<dataset parent>/random-<N>ep``), and used instead; ``config.dataset`` then
     names the dataset used, so the run's ``config.yaml`` records it."""
     path = Path(config.dataset)
-    if not (path / "metadata.json").exists():
+    if path.exists() and not (path / "metadata.json").exists():  # never replaced by a random dataset
+        raise DatasetError(f"dataset={path} is not a coworld_trl dataset (no metadata.json); convert npz or hdf5 "
+                           f"episodes with `python -m coworld_trl.data convert {path} NEW_FOLDER` and pass "
+                           f"dataset=NEW_FOLDER.")
+    if not path.exists():
         if config.make_dataset_episodes <= 0:
             raise DatasetError(
                 f"target dataset {path} does not exist; make it with `python recipes/collect_dataset.py "
@@ -99,6 +103,10 @@ def open_target_dataset(config) -> OfflineDataset:
     if dataset.metadata.env not in (None, config.target.name):
         raise DatasetError(f"{path} was made on {dataset.metadata.env}, but the target env is {config.target.name}; "
                            f"point dataset= at a {config.target.name} dataset.")
+    size, wanted = dataset.metadata.image_size, config.target.image_size
+    if size != wanted:
+        raise DatasetError(f"{path} holds {size}x{size} images, but target.image_size={wanted}; use a dataset "
+                           f"rendered at {wanted}x{wanted}.")
     config.dataset = str(path)
     return dataset
 

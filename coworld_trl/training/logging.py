@@ -8,6 +8,8 @@ import torch
 from torchrl.record.loggers import Logger
 from torchrl.record.loggers.csv import CSVLogger
 
+from coworld_trl.errors import MissingDependencyError
+
 METRIC_NAMESPACES = ("train", "eval", "time")
 log = logging.getLogger(__name__)
 
@@ -52,13 +54,15 @@ def make_logger(backend: str, run_dir: str | Path, *, project: str = "coworld_tr
             from torchrl.record.loggers.tensorboard import TensorboardLogger
             return TensorboardLogger(exp_name=exp_name, log_dir=run_dir)
         except ImportError as err:
-            raise ImportError("logger.backend=tensorboard needs `pip install coworld_trl[tensorboard]`") from err
+            raise MissingDependencyError(f"logger.backend=tensorboard needs the tensorboard package ({err}): "
+                                         f"pip install -e '.[tensorboard]', or use logger.backend=csv") from err
     if backend == "wandb":
         try:
             from torchrl.record.loggers.wandb import WandbLogger
             return WandbLogger(exp_name=exp_name, save_dir=run_dir, project=project)
         except ImportError as err:
-            raise ImportError("logger.backend=wandb needs `pip install coworld_trl[wandb]`") from err
+            raise MissingDependencyError(f"logger.backend=wandb needs the wandb package ({err}): "
+                                         f"pip install -e '.[wandb]', or use logger.backend=csv") from err
     raise ValueError(f"logger backend {backend!r} is unknown; use 'csv', 'tensorboard' or 'wandb'")
 
 
