@@ -13,10 +13,14 @@ The losses' cases call the library directly and assert the exception type and it
 message.
 
 The commands run in child processes forked from one launcher that has already imported
-torch, TorchRL and Hydra (several seconds per interpreter on a shared 2-core machine): the
-child sets ``sys.argv``, the working directory and stdout/stderr as a shell would and runs the
-recipe file or the module as ``__main__``. ``test_the_launcher_matches_a_fresh_interpreter``
-checks that a fresh ``python recipes/...`` answers the same.
+torch, TorchRL, Hydra and dm_control (several seconds per interpreter on a shared 2-core
+machine): the child sets ``sys.argv``, the working directory and stdout/stderr as a shell would
+and runs the recipe file or the module as ``__main__``.
+``test_the_launcher_answers_as_a_fresh_interpreter`` checks that a fresh ``python ...`` answers
+the same.
+
+Also here: a SIGKILLed run leaves no named semaphore for the resource tracker to report, and
+docs/what_happens_when.md points at tests that exist and lists every case of the table.
 """
 from __future__ import annotations
 
