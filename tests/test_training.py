@@ -453,3 +453,40 @@ def test_an_unwritable_or_foreign_output_dir_is_refused_in_one_line(tmp_path):
         RunDirectory(tmp_path / "file" / "run", config)
     assert "output_dir=" in str(info.value) and "is not a writable folder" in str(info.value)
     assert "\n" not in str(info.value) and (tmp_path / "file").read_text() == "not a folder"
+
+
+def test_a_launchers_requeue_signal_is_handed_on_after_the_checkpoint(tmp_path):
+    """submitit on Slurm signals SIGUSR2 before the time limit and its handler requeues the job and
+    exits. The run takes the signal like SIGTERM, writes its checkpoint at the next update boundary,
+    and only then calls the launcher's handler, so the requeued job resumes from that moment."""
+    import os
+    import signal
+
+    from coworld_trl.training.experiment import Callback
+    from coworld_trl.training.schedules import OnlineDreamer
+
+    config = loop_config(tmp_path)
+    seen = []
+
+    def launcher(signum, frame):  # submitit's checkpoint_and_try_requeue ends in sys.exit(-1)
+        state = load_checkpoint(tmp_path / "checkpoint.pt")
+        seen.append((signum, state["progress"]["frames"]))
+        raise SystemExit(-1)
+
+    class SignalMidRun(Callback):
+        def __init__(self):
+            self.batches = 0
+
+        def on_collect(self, experiment, batch):
+            self.batches += 1
+            if self.batches == 15:
+                os.kill(os.getpid(), signal.SIGUSR2)
+
+    previous = signal.signal(signal.SIGUSR2, launcher)
+    try:
+        with pytest.raises(SystemExit):
+            Experiment(config, OnlineDreamer(), callbacks=[SignalMidRun()]).run()
+        assert signal.getsignal(signal.SIGUSR2) is launcher  # restored when the run stopped
+    finally:
+        signal.signal(signal.SIGUSR2, previous)
+    assert seen == [(signal.SIGUSR2, 15 * 5 * 2)]  # 15 batches of 5 steps at action repeat 2, checkpointed first

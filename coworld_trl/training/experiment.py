@@ -139,9 +139,15 @@ class RunInterrupted(CoWorldError):
 
 class _StopOnSignal:
     """SIGINT and SIGTERM set ``experiment.interrupted``; a second one raises KeyboardInterrupt.
-    Handlers are installed only in the main thread and restored on exit."""
+
+    A launcher's own handler of SIGUSR1/SIGUSR2 (submitit on Slurm: requeue the job, then exit,
+    when the time limit nears) is taken over the same way and kept in
+    ``experiment.handed_on``: the experiment calls it once the checkpoint is written, so the
+    requeued job resumes from that moment. Handlers are installed only in the main thread and
+    restored on exit."""
 
     SIGNALS = (signal.SIGINT, signal.SIGTERM)
+    LAUNCHER_SIGNALS = (signal.SIGUSR1, signal.SIGUSR2)
 
     def __init__(self, experiment: "Experiment"):
         self.experiment, self.previous = experiment, {}
@@ -149,6 +155,11 @@ class _StopOnSignal:
     def __enter__(self):
         if threading.current_thread() is threading.main_thread():
             self.previous = {signum: signal.signal(signum, self._handle) for signum in self.SIGNALS}
+            for signum in self.LAUNCHER_SIGNALS:
+                launcher = signal.getsignal(signum)
+                if callable(launcher):
+                    self.experiment.handed_on[signum] = launcher
+                    self.previous[signum] = signal.signal(signum, self._handle)
         return self
 
     def _handle(self, signum, frame) -> None:
@@ -272,6 +283,7 @@ class Experiment:
         self.metrics = MetricAggregator()
         self.stop_requested = False
         self.interrupted: int | None = None  # the signal number, once SIGINT or SIGTERM arrived
+        self.handed_on: dict[int, Any] = {}  # a launcher's signal handlers, called after the checkpoint
         self._last_save = time.time()
         self._bar: tqdm | None = None
         self._last_flush = (time.time(), 0)
@@ -348,6 +360,8 @@ class Experiment:
             self.clocks["checkpoint"].last = updates
             self.save()
         if self.interrupted is not None:
+            if self.interrupted in self.handed_on:
+                self.handed_on[self.interrupted](self.interrupted, None)  # e.g. submitit: requeue, exit
             name = signal.Signals(self.interrupted).name
             raise RunInterrupted(f"{name} at {self._describe()}: checkpoint written to {self.run_dir.checkpoint}; "
                                  f"re-run the same command to resume", self.interrupted)
