@@ -124,3 +124,17 @@ def test_make_env_out_of_range_arguments_name_the_value(kwargs, named):
     """Out-of-range image_size / action_repeat raise ValueError naming the bad value."""
     with pytest.raises(ValueError, match=named.replace("-", r"\-")):
         make_env(TASK, **kwargs)
+
+
+@pytest.mark.parametrize("family", ["dmc", "metaworld", "robodesk"])
+def test_a_family_that_cannot_be_imported_is_named_with_the_cause_and_the_install_command(family, monkeypatch):
+    """A missing dependency of a family (e.g. lxml under dm_control) names the import error and how to install."""
+    from coworld_trl.envs import registry
+    from coworld_trl.errors import MissingDependencyError
+
+    def broken(name):
+        raise ImportError("No module named 'lxml'")
+
+    monkeypatch.setattr(registry, "_family_names", broken)
+    with pytest.raises(MissingDependencyError, match=r"could not be imported \(No module named 'lxml'\); pip install"):
+        registry._parse(f"{family}/task")

@@ -43,7 +43,8 @@ MAX_ACTION_REPEAT = 100
 FAMILIES = ("dmc", "metaworld", "robodesk")
 DEFAULT_ACTION_REPEAT = {"dmc": 2, "metaworld": 1, "robodesk": 1}
 SUCCESS_SPEC = Categorical(2, shape=(1,), dtype=torch.bool)
-INSTALL_HINTS = {"metaworld": "pip install metaworld==3.1.1", "robodesk": "pip install 'coworld_trl[robodesk]'"}
+INSTALL_HINTS = {"dmc": "pip install dm_control==1.0.28 mujoco==3.3.0", "metaworld": "pip install metaworld==3.1.1",
+                 "robodesk": "pip install 'coworld_trl[robodesk]'"}
 
 
 @dataclass(frozen=True)
@@ -130,7 +131,8 @@ def _parse(name: str) -> tuple[str, str]:
     try:
         names = _family_names(family)
     except ImportError as err:
-        raise MissingDependencyError(f"{name!r} needs the {family} package, which is not installed: {INSTALL_HINTS[family]}") from err
+        raise MissingDependencyError(f"{name!r} needs the {family} package, which could not be imported ({err}); "
+                                     f"{INSTALL_HINTS[family]}") from err
     if name not in names:
         close = difflib.get_close_matches(name, names, n=2)
         guess = f" (did you mean {' or '.join(map(repr, close))}?)" if close else ""
