@@ -93,7 +93,7 @@ else
   # this stage gets all the time the last two do not need, and the cheap and likely fastest come first.
   reserve=260
   stage coworld_iteration 400 "${bench[@]}" --device cuda --coworld --grid paper:50x50 --repeats 10 --warmup 3 \
-    --variants eager,bf16,cuda_graphs+bf16,compiled,cuda_graphs,cuda_graphs+bf16+tanh \
+    --variants eager,bf16,cuda_graphs+bf16,compiled,cuda_graphs \
     --json "$out/parts/coworld_iteration.json"
   reserve=0
   stage updates 65 "${bench[@]}" --device cuda --repeats 5 --warmup 2 --variants eager,bf16 \

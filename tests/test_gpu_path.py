@@ -26,9 +26,7 @@ from test_replay import steps
 
 TINY = ModelConfig(stoch=4, classes=4, deter=16, hidden=16, cnn_depth=4, mlp_units=16, reward_layers=1,
                    actor_layers=1, critic_layers=1)
-# The fullgraph checks use the tanh-normal actor: TorchRL's TruncatedNormal checks its bounds with
-# a host sync (.tolist()) when built, a graph break per imagination step (see docs/gpu.md).
-TANH = dataclasses.replace(TINY, actor_dist="tanh_normal")
+ACTORS = {dist: dataclasses.replace(TINY, actor_dist=dist) for dist in ("trunc_normal", "tanh_normal")}
 SHORT = AgentConfig(horizon=2)
 B, T = 2, 3
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
@@ -70,13 +68,16 @@ def graph_breaks() -> int:
 
 # ------------------------------------------------------------------ compiled updates (CPU)
 @pytest.mark.slow
-def test_compiled_updates_trace_as_one_graph_each_and_match_eager(make_batch):
+@pytest.mark.parametrize("actor_dist", list(ACTORS))
+def test_compiled_updates_trace_as_one_graph_each_and_match_eager(make_batch, actor_dist):
     """aot_eager: world-model and behaviour updates each one graph (no graph break, so no host
-    sync inside), three updates equal to eager; a NaN batch is skipped on the device."""
+    sync inside; the truncated Normal is the library's sync-free one), three updates equal to
+    eager; a NaN batch is skipped on the device."""
     torch._dynamo.reset()
     torch._dynamo.utils.counters.clear()
     batches = [make_batch(B, T) for _ in range(3)]
-    eager, compiled = dreamer(TANH), dreamer(TANH, nan_policy="skip")
+    model = ACTORS[actor_dist]
+    eager, compiled = dreamer(model), dreamer(model, nan_policy="skip")
     compiled.compile_updates(backend="aot_eager")
     expected = run_updates(eager, batches)
     got = run_updates(compiled, batches)
@@ -105,7 +106,7 @@ def test_compiled_coworld_iteration_matches_eager(make_batch):
 
     def agent(**kwargs):
         torch.manual_seed(0)
-        return make_coworld_agent(TANH, SHORT, CouplingConfig(), action_dim=2, eta_steps_default=10, **kwargs)
+        return make_coworld_agent(TINY, SHORT, CouplingConfig(), action_dim=2, eta_steps_default=10, **kwargs)
 
     eager, compiled = agent(), agent()
     for dreamer_agent in (compiled.target, *compiled.sources):

@@ -429,3 +429,43 @@ def test_world_model_checks_observation_and_action_shapes(tiny_world_model):
     vec = tiny_world_model(action_dim=1, obs_shape=(4,), obs_key="observation")
     with pytest.raises(ValueError, match=r"'observation' has shape \(3, 6\).*obs_shape=\(6,\)"):
         vec.embed(torch.zeros(3, 6))
+
+
+def test_truncated_normal_equals_torchrls_and_compiles_without_a_graph_break():
+    """The library's truncated Normal: TorchRL's values (same seed, same samples; log-probabilities,
+    entropy, mean, mode and the gradients of a sample), -inf outside the bounds, and one graph under
+    torch.compile(fullgraph=True), where TorchRL's breaks on its host syncs."""
+    from torchrl.modules import TruncatedNormal as TorchRLTruncatedNormal
+
+    from coworld_trl.modules.distributions import TruncatedNormal
+
+    torch.manual_seed(0)
+    raw_loc, raw_scale = torch.randn(64, 3) * 3, torch.randn(64, 3) * 3
+    values = torch.rand(64, 3) * 2.2 - 1.1  # some outside [-1, 1]
+    results = []
+    for make in (lambda l, s: TorchRLTruncatedNormal(l, s, low=-1.0, high=1.0, tanh_loc=False), TruncatedNormal):
+        loc, scale = torch.tanh(raw_loc).requires_grad_(), (2 * torch.sigmoid(raw_scale / 2) + 0.1).requires_grad_()
+        torch.manual_seed(1)
+        dist = make(loc, scale)
+        sample = dist.rsample((5,))
+        grads = torch.autograd.grad((sample * torch.arange(3.0)).sum() + dist.entropy().sum(), (loc, scale))
+        results.append({"sample": sample, "entropy": dist.entropy(), "mean": dist.mean, "mode": dist.mode,
+                        "log_prob": dist.log_prob(values), "log_prob_sample": dist.log_prob(sample[0]),
+                        "grad_loc": grads[0], "grad_scale": grads[1]})
+    theirs, ours = results
+    for key in theirs:
+        torch.testing.assert_close(ours[key].detach(), theirs[key].detach(), rtol=1e-5, atol=1e-5, msg=key)
+    assert (ours["log_prob"] == -math.inf).any() and ((ours["sample"] >= -1) & (ours["sample"] <= 1)).all()
+    dist = TruncatedNormal(torch.tanh(raw_loc), torch.ones(64, 3))
+    assert torch.equal(dist.deterministic_sample, dist.mean)
+
+    def imagine_step(loc, scale):
+        dist = TruncatedNormal(loc, scale)
+        return dist.rsample(), dist.entropy(), dist.log_prob(loc)
+
+    torch._dynamo.reset()
+    compiled = torch.compile(imagine_step, backend="eager", fullgraph=True)  # a graph break raises
+    sample, entropy, log_prob = compiled(torch.tanh(raw_loc), torch.ones(64, 3))
+    assert sample.shape == (64, 3) and entropy.shape == (64,) and torch.isfinite(log_prob).all()
+    with pytest.raises(ValueError, match="low must be < high"):
+        TruncatedNormal(torch.zeros(3), torch.ones(3), low=1.0, high=-1.0)

@@ -11,7 +11,9 @@ from typing import Literal
 import torch
 from torch import nn
 from torch.nn import functional as F
-from torchrl.modules import MLP, TanhNormal, TruncatedNormal
+from torchrl.modules import MLP, TanhNormal
+
+from coworld_trl.modules.distributions import TruncatedNormal
 
 _CHANNELS_LAST = torch.channels_last
 
@@ -262,7 +264,7 @@ class Actor(nn.Module):
         if self.dist_kind == "trunc_normal":
             loc = torch.tanh(mean)
             scale = 2 * torch.sigmoid(std / 2) + self.min_std
-            return TruncatedNormal(loc, scale, low=-1.0, high=1.0, tanh_loc=False)
+            return TruncatedNormal(loc, scale, low=-1.0, high=1.0)
         loc = 5 * torch.tanh(mean / 5)
         scale = nn.functional.softplus(std + self.init_std) + self.min_std
         return TanhNormal(loc, scale, low=-1.0, high=1.0, upscale=1.0, tanh_loc=False)
