@@ -16,6 +16,7 @@ from tensordict import TensorDict
 from coworld_trl.data import EpisodeRecorder, OfflineDataset, import_npz
 from coworld_trl.errors import ConfigError
 from coworld_trl.training.collect import episodes_until, medium_replay_cut
+from test_data_integrity import snapshot
 
 RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "collect_dataset.py"
 # cartpole at action repeat 8: 125-step episodes, fast rendering, a tiny model.
@@ -152,7 +153,7 @@ def test_collect_medium_replay_without_reference_trains_the_whole_run_and_cuts_a
     assert not (tmp_path / "mr.episodes").exists()
 
     # The run's checkpoint evaluated again with either action, its folder untouched.
-    before = folder_digest(run)
+    before = snapshot(run)
     for action in ("mode", "mean"):
         out_json = tmp_path / f"{action}.json"
         proc = subprocess.run([sys.executable, "-m", "coworld_trl.training.evaluate", str(run), "--episodes", "2",
@@ -163,7 +164,7 @@ def test_collect_medium_replay_without_reference_trains_the_whole_run_and_cuts_a
         assert metrics["eval_action"] == action and len(metrics["eval/returns"]) == 2
         assert f"2 episodes, eval_action={action}: return {metrics['eval/return_mean']:.1f}" in proc.stdout
         assert "eval/value_bias" in metrics
-    assert folder_digest(run) == before
+    assert snapshot(run) == before  # paths, bytes and mtimes
     (tmp_path / "other").mkdir()
     (tmp_path / "other" / "config.yaml").write_text("target:\n  name: dmc/walker_downhill\n")
     (tmp_path / "other" / "checkpoint.pt").write_bytes(b"")
@@ -171,12 +172,6 @@ def test_collect_medium_replay_without_reference_trains_the_whole_run_and_cuts_a
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "is not an online DreamerV2 run" in proc.stderr
 
-
-def folder_digest(folder: Path) -> dict[str, str]:
-    import hashlib
-
-    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
 def test_scripted_policy_acts_in_bounds_and_beats_random():
