@@ -81,3 +81,18 @@ def test_gpu_check_smoke_runs_every_stage_into_one_json(tmp_path):
     summary = result["summary"]
     assert summary["coworld_best_variant"] == "eager" and summary["goal_coworld_iteration_s"] == 0.05
     assert summary["online_frames_per_s"] > 0 and "quick_2x4" in summary["updates_total_s"]
+
+
+def test_bench_official_without_the_official_code_says_where_to_get_it(tmp_path, capsys):
+    """The official code is not shipped: a directory without it is one line, exit 2, naming the fix."""
+    (tmp_path / "models.py").write_text("")  # a partial clone: the others are named
+    try:
+        load("bench_official").main(["--official-dir", str(tmp_path)])
+    except SystemExit as stop:
+        assert stop.code == 2
+    else:
+        raise AssertionError("bench_official ran without the official code")
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and f"--official-dir {tmp_path}" in err
+    assert "networks.py, tools.py, co_configs.yaml" in err and "models.py" not in err.split(" has no ")[1]
+    assert "git clone https://github.com/qiwang067/CoWorld" in err
