@@ -296,7 +296,7 @@ def test_online_loop_end_to_end_then_rerun_is_a_no_op(tmp_path, caplog):
     results = [json.loads(line) for line in (tmp_path / "results.jsonl").read_text().splitlines()]
     assert len(results) == 1  # eval.every_updates is huge: only the final evaluation
     record = results[0]
-    assert record["frames"] == 240 and record["updates"] == 30
+    assert record["frames"] == 240 and record["updates"] == record["agent_updates"] == 30
     assert math.isfinite(record["eval/return_mean"]) and record["eval/returns"] == [record["eval/return_mean"]]
     assert yaml.safe_load((tmp_path / "config.yaml").read_text()) == to_dict(config)
     saved = load_checkpoint(tmp_path / "checkpoint.pt")

@@ -40,9 +40,11 @@ def _subplots(count: int, *, width: float = 5.0, height: float = 3.6):
 
 # ----------------------------------------------------------------------- curves
 def learning_curves(runs: list[Run], output: Path, *, metric: str = "eval/return_mean", x: str = "frames",
-                    reps: int = 2000, seed: int = 0) -> dict:
+                    reps: int = 2000, seed: int = 0, hlines: dict[str, float] | None = None) -> dict:
     """Per task a panel, per method the mean over seeds of ``metric`` against ``x`` with its 95%
-    bootstrap band. Seeds are interpolated onto the evaluation points they all cover."""
+    bootstrap band. Seeds are interpolated onto the evaluation points they all cover. ``hlines``
+    (label: value) are reference lines drawn in every panel: a dataset's mean return, random."""
+    hlines = hlines or {}
     numbers = {}
     tasks = _by_task(runs)
     fig, axes = _subplots(len(tasks))
@@ -64,12 +66,14 @@ def learning_curves(runs: list[Run], output: Path, *, metric: str = "eval/return
             numbers.setdefault(str(task), {})[method] = {
                 "x": grid.tolist(), "mean": mean.tolist(), "ci_low": None if low is None else low.tolist(),
                 "ci_high": None if high is None else high.tolist(), "seeds": [r.seed for r in members]}
+        for (label, value), style in zip(hlines.items(), ("--", ":", "-.") * len(hlines)):
+            ax.axhline(value, color="gray", linestyle=style, label=label)
         ax.set_title(str(task) if task else "")
         ax.set_xlabel({"frames": "environment frames"}.get(x, x.replace("_", " ")))
         ax.set_ylabel(metric)
         ax.legend(fontsize=8)
     save(fig, output)
-    return {"metric": metric, "x": x, "tasks": numbers}
+    return {"metric": metric, "x": x, "tasks": numbers, "hlines": hlines}
 
 
 # ------------------------------------------------------------ value (Fig. 5b)

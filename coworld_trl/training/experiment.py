@@ -411,7 +411,8 @@ class Experiment:
         metrics = self.evaluator(agent.policy(), self.schedule.log_step())
         scalars = {k: v for k, v in metrics.items() if not isinstance(v, list)}
         self.log(scalars)
-        record = {**asdict(self.progress), "time": time.time(), **metrics}
+        # agent_updates: the evaluated agent's updates, the one x-axis every agent's runs share
+        record = {**asdict(self.progress), "agent_updates": self.schedule.eval_count(), "time": time.time(), **metrics}
         self.run_dir.append_result(record)
         self._last_eval = self._eval_summary(record)
         self.write_status()

@@ -4,7 +4,7 @@
     python -m coworld_trl.training.report curve runs/.../results.jsonl -o curve.png --baseline 35
     python -m coworld_trl.training.report table runs/dmc/walker_downhill
     python -m coworld_trl.training.report aggregate runs/dmc --latex table3.tex --json table3.json
-    python -m coworld_trl.training.report curves runs/dmc -o curves.png
+    python -m coworld_trl.training.report curves runs/dmc -o curves.png --x agent_updates --hline 'dataset mean=23.4'
     python -m coworld_trl.training.report value runs/metaworld -o value.png                      # Fig. 5b
     python -m coworld_trl.training.report alignment before/ after/ -o tsne.png                   # Fig. 11
     python -m coworld_trl.training.report transfer --coworld runs/t --baseline runs/b -o t.png   # Fig. 3
@@ -22,6 +22,7 @@ import argparse
 import csv
 import io
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -37,7 +38,7 @@ def read_results(path: Path) -> list[dict]:
     return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
 
 
-X_AXES = ("frames", "updates", "target_updates", "source_updates", "behaviour_updates")
+X_AXES = ("frames", "updates", "agent_updates", "target_updates", "source_updates", "behaviour_updates")
 
 
 def plot_curves(results: list[Path], output: Path, *, baseline: float | None = None, title: str = "",
@@ -100,6 +101,22 @@ def parse_names(pairs: list[str]) -> dict[str, str]:
             raise RunFolderError(f"--name {pair!r}: use OLD=NEW, e.g. --name 'coworld_paper*=CoWorld'")
         names[old] = new
     return names
+
+
+def parse_hlines(pairs: list[str]) -> dict[str, float]:
+    from coworld_trl.analysis.runs import RunFolderError
+
+    lines = {}
+    for pair in pairs:
+        label, _, value = pair.rpartition("=")
+        try:
+            number = float(value)
+        except ValueError:
+            number = math.nan
+        if not label or not math.isfinite(number):
+            raise RunFolderError(f"--hline {pair!r}: use LABEL=NUMBER, e.g. --hline 'dataset mean=23.4'")
+        lines[label] = number
+    return lines
 
 
 def write_numbers(output: Path, numbers, rows: list[dict] | None = None) -> list[Path]:
@@ -165,8 +182,11 @@ def parser() -> argparse.ArgumentParser:
     agg.add_argument("--latex", type=Path, help="write the methods x tasks table as a LaTeX tabular")
     agg.add_argument("--json", type=Path, help="write every score and estimate as JSON")
     curves = runs_command("curves", "learning curves: mean over seeds with 95%% bootstrap bands, a panel per task")
-    curves.add_argument("--x", choices=X_AXES, default="frames")
+    curves.add_argument("--x", choices=X_AXES, default="frames",
+                        help="x-axis counter; agent_updates (the evaluated agent's updates) is shared by every agent")
     curves.add_argument("--reps", type=int, default=2000)
+    curves.add_argument("--hline", action="append", default=[], metavar="LABEL=VALUE",
+                        help="a reference line in every panel, e.g. --hline 'dataset mean=23.4' --hline 'random=6.7'")
     runs_command("value", "Fig. 5b: the critic's estimate against the discounted true return, per method",
                  metric=False)
     transfer = runs_command("transfer", "Fig. 3: CoWorld / baseline return over a source x target grid", runs=False)
@@ -224,7 +244,7 @@ def run(args) -> str:
         return text
     if args.command == "curves":
         numbers = figures.learning_curves(load_runs(args.runs), args.output, metric=args.metric, x=args.x,
-                                          reps=args.reps)
+                                          reps=args.reps, hlines=parse_hlines(args.hline))
         written = write_numbers(args.output, numbers)
         return f"wrote {args.output}, {written[0]}"
     if args.command == "value":
