@@ -163,8 +163,8 @@ def test_learning_curves_with_bands_and_their_numbers(tmp_path, capsys):
 
 def test_curves_of_every_agent_on_their_shared_update_axis_with_reference_lines(tmp_path, capsys):
     """``--x agent_updates`` puts online, offline and CoWorld runs on one axis; ``--hline`` draws a
-    dataset's mean and the random return in every panel and writes them with the numbers; a
-    malformed line is refused in one line."""
+    dataset's mean and the random return, in every panel or in one task's, and writes them with
+    the numbers; a malformed line or an unknown task is refused in one line."""
     runs = tmp_path / "runs"
     for method in ("offline_dv2_quick", "coworld_quick"):
         path = recipe_run(runs, method, TASKS[0], 0, [1.0, 3.0])
@@ -173,14 +173,18 @@ def test_curves_of_every_agent_on_their_shared_update_axis_with_reference_lines(
             record["agent_updates"] = 250 * (i + 1)
         (path / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
     out = report(capsys, "curves", runs, "-o", tmp_path / "c.png", "--x", "agent_updates", "--reps", 100,
-                 "--hline", "dataset mean=2.5", "--hline", "random=0.5")
+                 "--hline", "dataset mean=2.5", "--hline", f"{TASKS[0]}:random=0.5")
     assert "c.json" in out
     numbers = json.loads((tmp_path / "c.json").read_text())
-    assert numbers["hlines"] == {"dataset mean": 2.5, "random": 0.5} and numbers["x"] == "agent_updates"
+    assert numbers["hlines"] == [{"task": None, "label": "dataset mean", "value": 2.5},
+                                 {"task": TASKS[0], "label": "random", "value": 0.5}]
+    assert numbers["x"] == "agent_updates"
     assert numbers["tasks"][TASKS[0]]["coworld_quick"]["x"] == [250.0, 500.0]
-    for bad in ("dataset mean", "=3", "random=abc", "random=nan"):
-        assert f"--hline {bad!r}: use LABEL=NUMBER" in refused(capsys, "curves", runs, "-o", tmp_path / "d.png",
-                                                             "--hline", bad)
+    for bad in ("dataset mean", "=3", "random=abc", "random=nan", f"{TASKS[0]}:=3"):
+        assert f"--hline {bad!r}: use [TASK:]LABEL=NUMBER" in refused(capsys, "curves", runs, "-o", tmp_path / "d.png",
+                                                                     "--hline", bad)
+    assert "--hline for dmc/nope: no run of that task; the runs' tasks are " + TASKS[0] in refused(
+        capsys, "curves", runs, "-o", tmp_path / "d.png", "--hline", "dmc/nope:random=1")
 
 
 def test_report_curve_plots_any_agents_results_against_a_chosen_counter(tmp_path, capsys):

@@ -40,13 +40,17 @@ def _subplots(count: int, *, width: float = 5.0, height: float = 3.6):
 
 # ----------------------------------------------------------------------- curves
 def learning_curves(runs: list[Run], output: Path, *, metric: str = "eval/return_mean", x: str = "frames",
-                    reps: int = 2000, seed: int = 0, hlines: dict[str, float] | None = None) -> dict:
+                    reps: int = 2000, seed: int = 0, hlines: list[dict] = ()) -> dict:
     """Per task a panel, per method the mean over seeds of ``metric`` against ``x`` with its 95%
     bootstrap band. Seeds are interpolated onto the evaluation points they all cover. ``hlines``
-    (label: value) are reference lines drawn in every panel: a dataset's mean return, random."""
-    hlines = hlines or {}
+    (``{"task": name or None for every panel, "label", "value"}``) are reference lines: a
+    dataset's mean return, the random policy's."""
     numbers = {}
     tasks = _by_task(runs)
+    unknown = sorted({line["task"] for line in hlines} - {None, *map(str, tasks)})
+    if unknown:
+        raise RunFolderError(f"--hline for {', '.join(unknown)}: no run of that task; the runs' tasks are "
+                             f"{', '.join(map(str, tasks))}")
     fig, axes = _subplots(len(tasks))
     for ax, (task, methods) in zip(axes, tasks.items()):
         for method, members in methods.items():
@@ -66,14 +70,15 @@ def learning_curves(runs: list[Run], output: Path, *, metric: str = "eval/return
             numbers.setdefault(str(task), {})[method] = {
                 "x": grid.tolist(), "mean": mean.tolist(), "ci_low": None if low is None else low.tolist(),
                 "ci_high": None if high is None else high.tolist(), "seeds": [r.seed for r in members]}
-        for (label, value), style in zip(hlines.items(), ("--", ":", "-.") * len(hlines)):
-            ax.axhline(value, color="gray", linestyle=style, label=label)
+        mine = [line for line in hlines if line["task"] in (None, str(task))]
+        for line, style in zip(mine, ("--", ":", "-.") * len(mine)):
+            ax.axhline(line["value"], color="gray", linestyle=style, label=line["label"])
         ax.set_title(str(task) if task else "")
         ax.set_xlabel({"frames": "environment frames"}.get(x, x.replace("_", " ")))
         ax.set_ylabel(metric)
         ax.legend(fontsize=8)
     save(fig, output)
-    return {"metric": metric, "x": x, "tasks": numbers, "hlines": hlines}
+    return {"metric": metric, "x": x, "tasks": numbers, "hlines": list(hlines)}
 
 
 # ------------------------------------------------------------ value (Fig. 5b)

@@ -103,19 +103,22 @@ def parse_names(pairs: list[str]) -> dict[str, str]:
     return names
 
 
-def parse_hlines(pairs: list[str]) -> dict[str, float]:
+def parse_hlines(pairs: list[str]) -> list[dict]:
+    """``[TASK:]LABEL=NUMBER`` reference lines: ``{"task": TASK or None (every panel), "label", "value"}``."""
     from coworld_trl.analysis.runs import RunFolderError
 
-    lines = {}
+    lines = []
     for pair in pairs:
-        label, _, value = pair.rpartition("=")
+        scoped, _, value = pair.rpartition("=")
+        task, _, label = scoped.rpartition(":")
         try:
             number = float(value)
         except ValueError:
             number = math.nan
         if not label or not math.isfinite(number):
-            raise RunFolderError(f"--hline {pair!r}: use LABEL=NUMBER, e.g. --hline 'dataset mean=23.4'")
-        lines[label] = number
+            raise RunFolderError(f"--hline {pair!r}: use [TASK:]LABEL=NUMBER, e.g. --hline 'dataset mean=23.4' "
+                                 f"or --hline 'dmc/cheetah_run:random=6.69'")
+        lines.append({"task": task or None, "label": label, "value": number})
     return lines
 
 
@@ -185,8 +188,9 @@ def parser() -> argparse.ArgumentParser:
     curves.add_argument("--x", choices=X_AXES, default="frames",
                         help="x-axis counter; agent_updates (the evaluated agent's updates) is shared by every agent")
     curves.add_argument("--reps", type=int, default=2000)
-    curves.add_argument("--hline", action="append", default=[], metavar="LABEL=VALUE",
-                        help="a reference line in every panel, e.g. --hline 'dataset mean=23.4' --hline 'random=6.7'")
+    curves.add_argument("--hline", action="append", default=[], metavar="[TASK:]LABEL=VALUE",
+                        help="a reference line in every panel, or in TASK's: --hline 'dataset mean=23.4' "
+                             "--hline 'dmc/cheetah_run:random=6.69'")
     runs_command("value", "Fig. 5b: the critic's estimate against the discounted true return, per method",
                  metric=False)
     transfer = runs_command("transfer", "Fig. 3: CoWorld / baseline return over a source x target grid", runs=False)
