@@ -154,10 +154,13 @@ def test_learning_curves_with_bands_and_their_numbers(tmp_path, capsys):
     runs = tmp_path / "runs"
     recipe_run(runs, "coworld_quick", TASKS[0], 0, [0.0, 10.0, 20.0])
     recipe_run(runs, "coworld_quick", TASKS[0], 1, [2.0, 14.0])
-    out = report(capsys, "curves", runs, "-o", tmp_path / "curves.png", "--reps", 300)
+    out = report(capsys, "curves", runs, "-o", tmp_path / "curves.png", "--reps", 300, "--each-seed")
     assert (tmp_path / "curves.png").stat().st_size > 5000 and "curves.json" in out
     numbers = json.loads((tmp_path / "curves.json").read_text())["tasks"][TASKS[0]]["coworld_quick"]
     assert numbers["x"] == [1000.0, 2000.0] and numbers["mean"] == [1.0, 12.0]
+    # every seed's own evaluations, beyond the range the mean covers
+    assert numbers["per_seed"]["0"] == {"x": [1000.0, 2000.0, 3000.0], "y": [0.0, 10.0, 20.0]}
+    assert numbers["per_seed"]["1"] == {"x": [1000.0, 2000.0], "y": [2.0, 14.0]}
     assert numbers["ci_low"][1] >= 10.0 and numbers["ci_high"][1] <= 14.0
 
 

@@ -191,6 +191,8 @@ def parser() -> argparse.ArgumentParser:
     curves.add_argument("--hline", action="append", default=[], metavar="[TASK:]LABEL=VALUE",
                         help="a reference line in every panel, or in TASK's: --hline 'dataset mean=23.4' "
                              "--hline 'dmc/cheetah_run:random=6.69'")
+    curves.add_argument("--each-seed", action="store_true",
+                        help="also draw every seed's own curve (all its evaluations; the mean covers the common range)")
     runs_command("value", "Fig. 5b: the critic's estimate against the discounted true return, per method",
                  metric=False)
     transfer = runs_command("transfer", "Fig. 3: CoWorld / baseline return over a source x target grid", runs=False)
@@ -248,7 +250,7 @@ def run(args) -> str:
         return text
     if args.command == "curves":
         numbers = figures.learning_curves(load_runs(args.runs), args.output, metric=args.metric, x=args.x,
-                                          reps=args.reps, hlines=parse_hlines(args.hline))
+                                          reps=args.reps, hlines=parse_hlines(args.hline), each_seed=args.each_seed)
         written = write_numbers(args.output, numbers)
         return f"wrote {args.output}, {written[0]}"
     if args.command == "value":
