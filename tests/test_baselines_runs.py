@@ -224,6 +224,62 @@ def test_a_source_checkpoint_that_does_not_fit_is_refused_in_one_line_before_the
     assert not (tmp_path / "run").exists()
 
 
+def coworld_from(tmp_path, source_run, **schedule):
+    """A tiny CoWorld config whose one source starts from ``source_run``."""
+    from coworld_trl.training import CoWorldConfig
+
+    sections = tiny(tmp_path, sources=["dmc/cartpole_balance"], source_checkpoints=[str(source_run)],
+                    schedule=dict(source_pretrain_frames=800, rounds=1, offline_updates=2, online_updates=0) | schedule)
+    sections["model"]["ensemble"] = 0
+    return recipe_config(CoWorldConfig, "quick", **sections)
+
+
+def test_coworld_from_a_source_checkpoint_starts_from_its_weights_and_replay_without_pretraining(
+        tmp_path, source_run, envs_made):
+    """source_checkpoints: the source agent is the DreamerV2 run's (weights equal), its replay is
+    carried into the CoWorld run (same rows, episode ids included), and nothing is collected or
+    updated before the rounds; the online phase then collects on top of the carried rows."""
+    from coworld_trl.training import run_coworld
+
+    progress = run_coworld(coworld_from(tmp_path / "a", source_run))
+    assert (progress.frames, progress.source_updates, progress.target_updates) == (0, 0, 2)
+    assert not [name for name, _ in envs_made if name == "dmc/cartpole_balance"]  # the source env never made
+    source = load_checkpoint(source_run / "checkpoint.pt")
+    run = load_checkpoint(tmp_path / "a" / "run" / "checkpoint.pt")
+    theirs, ours = source["agent"]["modules"], run["agent"]["sources"][0]["modules"]
+    assert set(ours) - set(theirs) == {"world_model_loss.eta_step"}
+    assert all(torch.equal(ours[k], theirs[k]) for k in theirs)
+    carried = source["schedule"]["replays"][0]["len"]
+    assert carried > 0 and run["schedule"]["replays"][0]["len"] == carried
+
+    progress = run_coworld(coworld_from(tmp_path / "b", source_run, online_updates=2))
+    assert (progress.source_updates, progress.frames) == (2, 2 * 5 * 8)  # 2 collections of 5 steps, repeat 8
+    replay = load_checkpoint(tmp_path / "b" / "run" / "checkpoint.pt")["schedule"]["replays"][0]
+    assert replay["len"] == carried + 2 * 5
+
+
+def test_coworld_source_checkpoints_that_do_not_fit_are_refused_in_one_line_before_the_run_folder(
+        tmp_path, source_run):
+    from coworld_trl.training import run_coworld
+
+    cases = [
+        (dict(source_checkpoints=[str(source_run), str(source_run)]),
+         "source_checkpoints has 2 runs for 1 sources ['dmc/cartpole_balance']; give one run per source"),
+        (dict(sources=["dmc/cartpole_swingup"]),
+         "was trained on dmc/cartpole_balance, but sources[0]=dmc/cartpole_swingup; set sources[0]=dmc/cartpole_balance"),
+        (dict(source_checkpoints=[str(tmp_path / "nothing")]),
+         f"source_checkpoints[0]={tmp_path / 'nothing'} holds no DreamerV2 run"),
+    ]
+    for change, named in cases:
+        config = coworld_from(tmp_path, source_run)
+        for key, value in change.items():
+            setattr(config, key, value)
+        with pytest.raises((ValueError, FileNotFoundError)) as info:
+            run_coworld(config)
+        assert named in str(info.value) and "\n" not in str(info.value)
+        assert not (tmp_path / "run").exists()
+
+
 TINY_OVERRIDES = [
     "model.stoch=4", "model.classes=4", "model.deter=32", "model.hidden=32", "model.cnn_depth=16",
     "model.mlp_units=32", "model.ensemble=3", "data.batch_size=2", "data.seq_len=8", "data.buffer_capacity=5000",

@@ -168,6 +168,8 @@ class CoWorldConfig(OfflineRunConfig):
     """``recipes/coworld_*.py``: the source env(s), couplings and schedule of CoWorld."""
 
     sources: list = field(default_factory=lambda: ["dmc/walker_walk"])
+    # one online DreamerV2 run folder per source: its weights and replay replace that pretraining
+    source_checkpoints: list = field(default_factory=list)
     coupling: CouplingConfig = field(default_factory=CouplingConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
 

@@ -136,6 +136,19 @@ class OnlineReplay:
             self.buffer.writer.load_state_dict(state["writer"])
         self._last_episode, self._unfinished, self._device_rows = None, [], None
 
+    def copy_from(self, other: "OnlineReplay", *, chunk: int = 10_000) -> None:
+        """Store every row ``other`` holds, with its episode ids (a source run's replay carried
+        into a new run); this replay must be empty and hold at least as many rows."""
+        stored, capacity = len(other), self.buffer.storage.max_size
+        if stored > capacity:
+            raise ValueError(f"{other.path} holds {stored} rows, more than the capacity {capacity} of the replay in "
+                             f"{self.path}; raise data.buffer_capacity to at least {stored}")
+        if len(self):
+            raise RuntimeError(f"the replay in {self.path} already holds {len(self)} rows; copy into an empty one")
+        for start in range(0, stored, chunk):
+            self._store(other.buffer.storage[start:min(start + chunk, stored)])
+        self._last_episode = None
+
     def discard_files(self) -> None:
         """Remove files left by a run killed before its first checkpoint (fresh start only)."""
         if self.buffer.storage.initialized:

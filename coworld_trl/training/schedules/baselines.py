@@ -10,11 +10,12 @@
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from coworld_trl.training.schedules.online import OnlineSource, Progress, Schedule, compile_networks
+from coworld_trl.training.schedules.online import (OnlineSource, Progress, Schedule, compile_networks,
+                                                   load_source_weights, open_source_run)
 
 if TYPE_CHECKING:
     from coworld_trl.training.config import DreamerConfig
@@ -216,30 +217,8 @@ class Finetune(Schedule):
     @staticmethod
     def _open_source_run(config) -> tuple[Path, "DreamerConfig"]:
         """Check that ``source_checkpoint`` is a finished online DreamerV2 run this agent can start from."""
-        import yaml
-
-        from coworld_trl.envs import env_info
-        from coworld_trl.training.config import DreamerConfig, from_dict
-
-        run = Path(config.source_checkpoint)
-        name = f"source_checkpoint={run}"
-        if not (run / "checkpoint.pt").exists() or not (run / "config.yaml").exists():
-            raise FileNotFoundError(
-                f"{name} holds no DreamerV2 run (config.yaml, checkpoint.pt); train one with `python recipes/"
-                f"dreamer_dmc.py env.name={config.source} output_dir={run}`, or drop source_checkpoint to pretrain here")
-        stored = yaml.safe_load((run / "config.yaml").read_text())
-        source_run = from_dict(DreamerConfig, {k: v for k, v in stored.items() if k != "collect"})
-        if source_run.env.name != config.source:
-            raise ValueError(f"{name} was trained on {source_run.env.name}, but source={config.source}; "
-                             f"set source={source_run.env.name} or point source_checkpoint at a {config.source} run")
-        theirs, ours = asdict(source_run.model), asdict(config.model)
-        diffs = [f"model.{k}={theirs[k]!r} there, {ours[k]!r} here" for k in ours if theirs.get(k) != ours[k]]
-        if diffs:
-            raise ValueError(f"{name} has another model size ({'; '.join(diffs[:3])}); use that run's model.* values")
-        source_dim, action_dim = env_info(source_run.env.name).action_dim, _action_dim(config)
-        if source_dim != action_dim:
-            raise ValueError(f"{name} acts in {source_dim}-d but this run's agent takes {action_dim}-d actions (the "
-                             f"wider of source and target); drop source_checkpoint to pretrain with padded actions here")
+        run, source_run = open_source_run(config.source_checkpoint, option="source_checkpoint", source=config.source,
+                                          source_option="source", model=config.model, action_dim=_action_dim(config))
         if config.ewc.lmbda > 0 and not (run / "replay").is_dir():
             raise ValueError(f"ewc.lmbda={config.ewc.lmbda} needs the source agent's Fisher on its replay, and {run}/"
                              "replay is missing; point source_checkpoint at a whole run directory or set ewc.lmbda=0")
@@ -247,15 +226,11 @@ class Finetune(Schedule):
 
     def _load_source_weights(self, device) -> None:
         """The source run's weights replace pretraining; its replay gives the EWC Fisher's batches."""
-        from coworld_trl.training.checkpoint import load_checkpoint
         from coworld_trl.training.replay import OnlineReplay
 
         run, source_run = self.source_run
-        state = load_checkpoint(run / "checkpoint.pt", map_location=device)
-        missing, unexpected = self.agent.load_state_dict(state["agent"]["modules"], strict=False)
-        if unexpected or any(not key.startswith("regularizers.") for key in missing):
-            raise ValueError(f"source_checkpoint={run}'s agent does not match this agent "
-                             f"({(unexpected or missing)[:3]}); use a run with the same model.* values")
+        state = load_source_weights(self.agent, run, option="source_checkpoint", device=device,
+                                    missing_ok=("regularizers.",))
         if self.config.ewc.lmbda > 0:
             batch_size = self.config.data.batch_size
             replay = OnlineReplay(run / "replay", capacity=source_run.data.buffer_capacity,

@@ -4,7 +4,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from coworld_trl.training.schedules.online import OnlineSource, Progress, Schedule, compile_networks
+from coworld_trl.training.schedules.online import (OnlineSource, Progress, Schedule, compile_networks,
+                                                   load_source_weights, open_source_run)
 
 if TYPE_CHECKING:
     from coworld_trl.training.experiment import Experiment
@@ -72,9 +73,20 @@ class CoWorld(Schedule):
 
     # ----------------------------------------------------------------- setup
     def open_inputs(self, config) -> None:
+        """The target dataset, and the source runs when given (refused before anything is written)."""
+        from coworld_trl.envs import env_info
+        from coworld_trl.errors import ConfigError
         from coworld_trl.training.factory import open_target_dataset
 
         self.dataset = open_target_dataset(config)
+        runs = config.source_checkpoints
+        if runs and len(runs) != len(config.sources):
+            raise ConfigError(f"source_checkpoints has {len(runs)} runs for {len(config.sources)} sources "
+                              f"{list(config.sources)}; give one run per source, in the same order, or none")
+        action_dim = max(env_info(name).action_dim for name in [config.target.name, *config.sources])
+        self.source_runs = [open_source_run(run, option=f"source_checkpoints[{i}]", source=name,
+                                            source_option=f"sources[{i}]", model=config.model, action_dim=action_dim)
+                            for i, (run, name) in enumerate(zip(runs, config.sources))]
 
     def build(self, experiment: "Experiment"):
         from coworld_trl.agents import make_coworld_agent
@@ -93,6 +105,12 @@ class CoWorld(Schedule):
                                         device=self.device, autocast=config.train.autocast,
                                         nan_policy=config.train.nan_policy,
                                         eta_steps_default=max(config.schedule.relabelled_updates(), 1))
+        # given source runs replace pretraining: their weights now (a resumed run's checkpoint then
+        # overrides them), their replays in pretrain_sources
+        self.source_replays = [
+            load_source_weights(source, run, option=f"source_checkpoints[{i}]", device=self.device,
+                                missing_ok=("world_model_loss.eta_step",))["schedule"]["replays"][0]
+            for i, (source, (run, _)) in enumerate(zip(self.agent.sources, self.source_runs))]
         if config.train.compile:
             for agent in (self.agent.target, *self.agent.sources):
                 compile_networks(agent, config.train)
@@ -118,6 +136,8 @@ class CoWorld(Schedule):
         return total, p.iterations, "iteration"
 
     def _pretrain_iterations(self) -> int:
+        if self.source_runs:
+            return 0
         return self.config.schedule.source_pretrain_frames // (self.frames_per_step * self.config.train.train_every)
 
     # ------------------------------------------------------------ Algorithm 1
@@ -145,9 +165,18 @@ class CoWorld(Schedule):
         p.phase = "done"
 
     def pretrain_sources(self, experiment: "Experiment") -> None:
-        """Each source in turn: plain online DreamerV2 for ``source_pretrain_frames``."""
+        """Each source in turn: plain online DreamerV2 for ``source_pretrain_frames``; with
+        ``source_checkpoints``, each source run's replay copied into this run's instead."""
+        from coworld_trl.training.replay import OnlineReplay
+
         p = self.progress
         experiment.set_phase("pretrain")
+        for (run, source_run), state, online in zip(self.source_runs, self.source_replays, self.source_envs):
+            if not len(online.replay):  # a copy cut short by a kill is redone
+                replay = OnlineReplay(run / "replay", capacity=source_run.data.buffer_capacity,
+                                      seq_len=self.config.data.seq_len)
+                replay.load_state_dict(state)
+                online.replay.copy_from(replay)
         per_source = self._pretrain_iterations()
         for index in range(len(self.agent.sources)):
             while p.phase_updates < (index + 1) * per_source:

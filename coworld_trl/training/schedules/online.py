@@ -20,6 +20,53 @@ class Progress:
     finished: bool = False
 
 
+def open_source_run(run, *, option: str, source: str, source_option: str, model, action_dim: int):
+    """``(run folder, its DreamerConfig)`` if ``run`` is an online DreamerV2 run on ``source`` with
+    the ``model`` sizes an agent acting in ``action_dim`` can start from; else a one-line error
+    naming ``option`` and ``source_option`` (the config fields that gave the folder and the source)."""
+    from dataclasses import asdict
+    from pathlib import Path
+
+    import yaml
+
+    from coworld_trl.envs import env_info
+    from coworld_trl.training.config import DreamerConfig, from_dict
+
+    run = Path(run)
+    name = f"{option}={run}"
+    if not (run / "checkpoint.pt").exists() or not (run / "config.yaml").exists():
+        raise FileNotFoundError(
+            f"{name} holds no DreamerV2 run (config.yaml, checkpoint.pt); train one with `python recipes/"
+            f"dreamer_dmc.py env.name={source} output_dir={run}`, or drop {option} to pretrain here")
+    stored = yaml.safe_load((run / "config.yaml").read_text())
+    source_run = from_dict(DreamerConfig, {k: v for k, v in stored.items() if k != "collect"})
+    if source_run.env.name != source:
+        raise ValueError(f"{name} was trained on {source_run.env.name}, but {source_option}={source}; set "
+                         f"{source_option}={source_run.env.name} or point {option} at a {source} run")
+    theirs, ours = asdict(source_run.model), asdict(model)
+    diffs = [f"model.{k}={theirs[k]!r} there, {ours[k]!r} here" for k in ours if theirs.get(k) != ours[k]]
+    if diffs:
+        raise ValueError(f"{name} has another model size ({'; '.join(diffs[:3])}); use that run's model.* values")
+    source_dim = env_info(source).action_dim
+    if source_dim != action_dim:
+        raise ValueError(f"{name} acts in {source_dim}-d but this run's agent takes {action_dim}-d actions (the "
+                         f"widest of source and target); drop {option} to pretrain with padded actions here")
+    return run, source_run
+
+
+def load_source_weights(agent, run, *, option: str, device, missing_ok: tuple[str, ...] = ()) -> dict:
+    """The weights of the DreamerV2 run ``run`` into ``agent`` (keys starting with ``missing_ok``
+    may be absent there: this agent's own additions); returns the run's checkpoint."""
+    from coworld_trl.training.checkpoint import load_checkpoint
+
+    state = load_checkpoint(run / "checkpoint.pt", map_location=device)
+    missing, unexpected = agent.load_state_dict(state["agent"]["modules"], strict=False)
+    if unexpected or any(not key.startswith(missing_ok) for key in missing):
+        raise ValueError(f"{option}={run}'s agent does not match this agent ({(unexpected or missing)[:3]}); "
+                         f"use a run with the same model.* values")
+    return state
+
+
 def compile_networks(agent, train) -> None:
     """``train.compile``: the agent's updates compiled, replayed as CUDA graphs with
     ``train.cuda_graphs`` (see :meth:`~coworld_trl.agents.DreamerV2Agent.compile_updates`)."""
