@@ -236,26 +236,32 @@ def coworld_from(tmp_path, source_run, **schedule):
 
 def test_coworld_from_a_source_checkpoint_starts_from_its_weights_and_replay_without_pretraining(
         tmp_path, source_run, envs_made):
-    """source_checkpoints: the source agent is the DreamerV2 run's (weights equal), its replay is
-    carried into the CoWorld run (same rows, episode ids included), and nothing is collected or
-    updated before the rounds; the online phase then collects on top of the carried rows."""
+    """source_checkpoints: the source agent is the DreamerV2 run's (weights equal at its first
+    collection), its replay is carried into the CoWorld run (same rows, episode ids included),
+    and nothing is collected or updated before the rounds; the online phase then collects on top
+    of the carried rows."""
     from coworld_trl.training import run_coworld
 
-    progress = run_coworld(coworld_from(tmp_path / "a", source_run))
-    assert (progress.frames, progress.source_updates, progress.target_updates) == (0, 0, 2)
-    assert not [name for name, _ in envs_made if name == "dmc/cartpole_balance"]  # the source env never made
     source = load_checkpoint(source_run / "checkpoint.pt")
-    run = load_checkpoint(tmp_path / "a" / "run" / "checkpoint.pt")
-    theirs, ours = source["agent"]["modules"], run["agent"]["sources"][0]["modules"]
+    theirs, at_first_collection = source["agent"]["modules"], []
+
+    class FirstCollection(Callback):
+        def on_collect(self, experiment, batch):
+            if not at_first_collection:
+                at_first_collection.append({k: v.clone() for k, v in experiment.agent.sources[0].state_dict().items()})
+                # the carried rows plus this first collection's 5 steps: nothing was collected before
+                assert len(experiment.schedule.source_envs[0].replay) == carried + 5
+
+    carried = source["schedule"]["replays"][0]["len"]
+    progress = run_coworld(coworld_from(tmp_path, source_run, online_updates=2), callbacks=[FirstCollection()])
+    ours = at_first_collection[0]
     assert set(ours) - set(theirs) == {"world_model_loss.eta_step"}
     assert all(torch.equal(ours[k], theirs[k]) for k in theirs)
-    carried = source["schedule"]["replays"][0]["len"]
-    assert carried > 0 and run["schedule"]["replays"][0]["len"] == carried
-
-    progress = run_coworld(coworld_from(tmp_path / "b", source_run, online_updates=2))
-    assert (progress.source_updates, progress.frames) == (2, 2 * 5 * 8)  # 2 collections of 5 steps, repeat 8
-    replay = load_checkpoint(tmp_path / "b" / "run" / "checkpoint.pt")["schedule"]["replays"][0]
-    assert replay["len"] == carried + 2 * 5
+    # no pretraining: the 2 source updates and 2 collections (5 steps, action repeat 8) are the online phase's
+    assert (progress.source_updates, progress.target_updates, progress.frames) == (2, 2, 2 * 5 * 8)
+    assert [name for name, _ in envs_made if name == "dmc/cartpole_balance"] == ["dmc/cartpole_balance"]
+    replay = load_checkpoint(tmp_path / "run" / "checkpoint.pt")["schedule"]["replays"][0]
+    assert carried > 0 and replay["len"] == carried + 2 * 5
 
 
 def test_coworld_source_checkpoints_that_do_not_fit_are_refused_in_one_line_before_the_run_folder(
