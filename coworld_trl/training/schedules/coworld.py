@@ -35,6 +35,13 @@ class ScheduleConfig:
         return self.warmup_rounds * self.warmup_online_updates + self.rounds * self.online_updates
 
 
+def _action_dim(config) -> int:
+    """One action space for every domain: the widest, the others padded (ignored dims)."""
+    from coworld_trl.envs import env_info
+
+    return max(env_info(name).action_dim for name in [config.target.name, *config.sources])
+
+
 @dataclass
 class CoWorldProgress(Progress):
     """``frames`` are the sources' env frames; ``updates`` = ``target_updates`` + ``source_updates``."""
@@ -74,7 +81,6 @@ class CoWorld(Schedule):
     # ----------------------------------------------------------------- setup
     def open_inputs(self, config) -> None:
         """The target dataset, and the source runs when given (refused before anything is written)."""
-        from coworld_trl.envs import env_info
         from coworld_trl.errors import ConfigError
         from coworld_trl.training.factory import open_target_dataset
 
@@ -83,21 +89,19 @@ class CoWorld(Schedule):
         if runs and len(runs) != len(config.sources):
             raise ConfigError(f"source_checkpoints has {len(runs)} runs for {len(config.sources)} sources "
                               f"{list(config.sources)}; give one run per source, in the same order, or none")
-        action_dim = max(env_info(name).action_dim for name in [config.target.name, *config.sources])
         self.source_runs = [open_source_run(run, option=f"source_checkpoints[{i}]", source=name,
-                                            source_option=f"sources[{i}]", model=config.model, action_dim=action_dim)
+                                            source_option=f"sources[{i}]", model=config.model,
+                                            action_dim=_action_dim(config))
                             for i, (run, name) in enumerate(zip(runs, config.sources))]
 
     def build(self, experiment: "Experiment"):
         from coworld_trl.agents import make_coworld_agent
-        from coworld_trl.envs import env_info
         from coworld_trl.training.config import action_repeat
         from coworld_trl.training.factory import dataset_sampler
 
         config = self.config = experiment.config
         self.device = experiment.device
-        # One action space for every domain: the widest, the others padded (ignored dims).
-        action_dim = max(env_info(name).action_dim for name in [config.target.name, *config.sources])
+        action_dim = _action_dim(config)
         self.frames_per_step = action_repeat(config.target)
         size = config.target.image_size
         self.agent = make_coworld_agent(config.model, config.agent, config.coupling, action_dim=action_dim,
