@@ -239,9 +239,10 @@ def test_an_agent_with_a_torchrl_probabilistic_actor(make_batch):
         assert action.shape == (3, 2) and (action.abs() <= 1).all()
 
 
-def test_evaluation_acts_with_the_actors_mode_as_dreamerv2_or_its_mean(make_batch):
+def test_evaluation_acts_with_the_actors_mode_as_dreamerv2_its_mean_or_a_sample(make_batch):
     """``eval_action="mode"``: the truncated Normal's location (tanh of the actor's output, DreamerV2's
-    ``actor.mode()``); ``"mean"``: its mean, pulled toward 0 by the truncation. Exploration samples."""
+    ``actor.mode()``); ``"mean"``: its mean, pulled toward 0 by the truncation; ``"sample"``: a draw
+    that differs between calls on the same state. Exploration samples."""
     torch.manual_seed(0)
     agent = dreamer()
     env_step = TensorDict({"pixels": make_batch(3, 1)["pixels"][:, 0], "is_init": torch.ones(3, 1, dtype=torch.bool)},
@@ -259,6 +260,12 @@ def test_evaluation_acts_with_the_actors_mode_as_dreamerv2_or_its_mean(make_batc
     torch.testing.assert_close(actions["mode"], location)
     assert (actions["mean"].abs() < actions["mode"].abs()).all()
     torch.testing.assert_close(actions["mean"], agent.actor(features).mean)
+    agent.config = dataclasses.replace(FAST, eval_action="sample")
+    with set_exploration_type(ExplorationType.DETERMINISTIC):
+        draws = [agent.policy()(env_step.clone()) for _ in range(2)]
+    torch.testing.assert_close(draws[0]["latent_stoch"], out["latent_stoch"])  # still the posterior mode
+    assert not torch.equal(draws[0]["action"], draws[1]["action"])
+    assert not torch.equal(draws[0]["action"], actions["mode"]) and (draws[0]["action"].abs() <= 1).all()
     with pytest.raises(ValueError, match="eval_action='median' is unknown"):
         agent.config = dataclasses.replace(FAST, eval_action="median")
         agent.policy()

@@ -152,9 +152,9 @@ def test_collect_medium_replay_without_reference_trains_the_whole_run_and_cuts_a
     assert f"reached at {cut['frames']} of 4000 frames" in meta.source
     assert not (tmp_path / "mr.episodes").exists()
 
-    # The run's checkpoint evaluated again with either action, its folder untouched.
+    # The run's checkpoint evaluated again with each action, its folder untouched.
     before = snapshot(run)
-    for action in ("mode", "mean"):
+    for action in ("mode", "mean", "sample"):
         out_json = tmp_path / f"{action}.json"
         proc = subprocess.run([sys.executable, "-m", "coworld_trl.training.evaluate", str(run), "--episodes", "2",
                                "--eval-action", action, "--json", str(out_json)], cwd=tmp_path, capture_output=True,

@@ -60,8 +60,8 @@ class ModelConfig:
 class AgentConfig:
     """Loss scales, optimisers and behaviour learning (defaults: Table 7 / DreamerV2).
 
-    ``eval_action``: the action evaluations take, ``"mode"`` (DreamerV2) or ``"mean"``
-    (see :func:`~coworld_trl.modules.policy.deterministic_action`).
+    ``eval_action``: the action evaluations take, ``"mode"`` (DreamerV2), ``"mean"`` or ``"sample"``
+    (see :func:`~coworld_trl.modules.policy.evaluation_action`).
     """
 
     model_lr: float = 2e-4

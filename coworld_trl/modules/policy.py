@@ -49,18 +49,22 @@ def policy_distribution(actor, features: torch.Tensor):
     return actor.get_dist(TensorDict({actor.in_keys[0]: features}, batch_size=features.shape[:-1]))
 
 
-EVAL_ACTIONS = ("mode", "mean")
+EVAL_ACTIONS = ("mode", "mean", "sample")
 
 
-def deterministic_action(dist, kind: str = "mode") -> torch.Tensor:
+def evaluation_action(dist, kind: str = "mode") -> torch.Tensor:
     """The action evaluation takes from ``dist``.
 
     ``"mode"`` (DreamerV2's evaluation): the most likely action. For the truncated Normal
     that is its location clipped to ``[-1, 1]``; its mean is pulled toward 0 wherever the
     scale is large (location 0.9, scale 1: mean 0.25). ``"mean"``: TorchRL's
     ``deterministic_sample`` (the mean of a truncated Normal). A distribution without an
-    analytical mode (``TanhNormal``) uses ``deterministic_sample`` for both.
+    analytical mode (``TanhNormal``) uses ``deterministic_sample`` for both. ``"sample"``:
+    a draw, as the policy acts when it collects (without ``expl_noise``), to tell how much
+    of a return comes from the policy's spread rather than its most likely action.
     """
+    if kind == "sample":
+        return dist.sample()
     if kind == "mode":
         try:
             return dist.mode
@@ -85,7 +89,7 @@ class LatentPolicy(TensorDictModuleBase):
 
     Under ``ExplorationType.RANDOM`` (collectors set it) it samples the actor and adds
     ``expl_noise`` Gaussian noise; otherwise (evaluation) it takes the posterior mode and
-    the action :func:`deterministic_action` gives for ``eval_action``.
+    the action :func:`evaluation_action` gives for ``eval_action``.
 
     In keys: the world model's observation and ``is_init`` keys and the state keys of
     :func:`latent_state_primer`. Out keys: ``action`` and the updated state keys.
@@ -128,7 +132,7 @@ class LatentPolicy(TensorDictModuleBase):
             if self.expl_noise > 0:
                 action = (action + self.expl_noise * torch.randn_like(action)).clamp(-1, 1)
         else:
-            action = deterministic_action(dist, self.eval_action)
+            action = evaluation_action(dist, self.eval_action)
         device = tensordict.device
         tensordict.set("action", action.to(device) if device is not None else action)
         for key, value in zip(STATE_KEYS, (stoch, deter, action)):

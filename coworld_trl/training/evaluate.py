@@ -4,7 +4,7 @@
     python -m coworld_trl.training.evaluate RUN --eval-action mean --json mean.json   # the A/B of the action
 
 Prints the return (mean and std over the episodes) and the value bias of the run's latest
-checkpoint, acting with the actor's mode or mean (``agent.eval_action``) on the run's env, or
+checkpoint, acting with the actor's mode, mean or a sample (``agent.eval_action``) on the run's env, or
 on ``--env`` (same action dim). Evaluation seeds differ from training seeds as in the run's
 own evaluations; ``--seed`` moves them. Online DreamerV2 and dataset-collection runs only:
 the other agents' evaluations are in their ``results.jsonl``.
@@ -18,6 +18,7 @@ import sys
 from pathlib import Path
 
 from coworld_trl.errors import CoWorldError
+from coworld_trl.modules.policy import EVAL_ACTIONS
 
 
 def evaluate_run(run_dir: str | Path, *, episodes: int = 10, eval_action: str | None = None, env: str | None = None,
@@ -46,7 +47,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("run", type=Path, help="a DreamerV2 run folder (config.yaml and checkpoint.pt)")
     parser.add_argument("--episodes", type=int, default=10)
-    parser.add_argument("--eval-action", choices=("mode", "mean"), help="default: the run's agent.eval_action")
+    parser.add_argument("--eval-action", choices=EVAL_ACTIONS, help="default: the run's agent.eval_action")
     parser.add_argument("--env", help="another env of the same action dim (default: the run's)")
     parser.add_argument("--seed", type=int, help="base seed of the evaluation env (default: the run's train.seed)")
     parser.add_argument("--json", type=Path, help="also write the metrics here")

@@ -20,7 +20,7 @@ def discounted_returns(reward: torch.Tensor, gamma: float) -> torch.Tensor:
 
 
 class Evaluator:
-    """Runs ``episodes`` deterministic episodes (actor mean, posterior mode).
+    """Runs ``episodes`` evaluation episodes (posterior mode; the action the policy's ``eval_action`` gives).
 
     The first episode goes through TorchRL's :class:`VideoRecorder` when ``logger`` is
     given. Returns ``eval/return_mean``, ``eval/return_std`` and, where the env reports
