@@ -163,7 +163,8 @@ def test_collect_medium_replay_without_reference_trains_the_whole_run_and_cuts_a
         metrics = json.loads(out_json.read_text())
         assert metrics["eval_action"] == action and len(metrics["eval/returns"]) == 2
         assert f"2 episodes, eval_action={action}: return {metrics['eval/return_mean']:.1f}" in proc.stdout
-        assert "eval/value_bias" in metrics
+        assert "eval/value_bias" in metrics and len(metrics["eval/actor_scale"]) == len(metrics["eval/action_at_bound"])
+        assert "actor scale per action dimension: " in proc.stdout
     assert snapshot(run) == before  # paths, bytes and mtimes
     (tmp_path / "other").mkdir()
     (tmp_path / "other" / "config.yaml").write_text("target:\n  name: dmc/walker_downhill\n")

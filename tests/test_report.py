@@ -368,9 +368,10 @@ def test_bad_folders_are_refused_in_one_line(tmp_path, capsys):
 
 
 # ===================================================================== evaluator
-def test_evaluator_records_the_value_estimate_and_the_discounted_true_return():
+def test_evaluator_records_the_value_estimate_the_discounted_true_return_and_the_action_spread():
     """Two episodes with rewards [1, 1] and [2]; gamma 0.5: true returns 1.5, 1 and 2 (mean 1.5);
-    the critic says 3 everywhere: estimate 3, bias 1.5."""
+    the critic says 3 everywhere: estimate 3, bias 1.5. Per action dimension: the share of steps
+    at the bound (|a| >= 0.99) and the mean of the actor's scale."""
     from tensordict import TensorDict
 
     from coworld_trl.training.evaluation import Evaluator
@@ -378,13 +379,18 @@ def test_evaluator_records_the_value_estimate_and_the_discounted_true_return():
     class Episodes:
         def __init__(self):
             self.rewards = iter([[1.0, 1.0], [2.0]])
+            self.actions = iter([[[1.0, 0.2], [0.0, -0.5]], [[-0.995, 0.98]]])
 
         def rollout(self, steps, policy, break_when_any_done):
             reward = torch.tensor(next(self.rewards)).unsqueeze(-1)
-            return TensorDict({"next": TensorDict({"reward": reward}, [len(reward)])}, [len(reward)])
+            return TensorDict({"action": torch.tensor(next(self.actions)),
+                               "next": TensorDict({"reward": reward}, [len(reward)])}, [len(reward)])
 
+    scales = iter([torch.tensor([[0.1, 0.9], [0.3, 0.9]]), torch.tensor([[0.2, 0.6]])])
     evaluator = Evaluator(Episodes(), episodes=2, state_value=lambda rollout: torch.full(rollout.shape, 3.0),
-                          gamma=0.5)
+                          actor_scale=lambda rollout: next(scales), gamma=0.5)
     metrics = evaluator(policy=None, step=0)
     assert metrics["eval/value_true"] == pytest.approx(1.5) and metrics["eval/value_estimate"] == 3.0
     assert metrics["eval/value_bias"] == pytest.approx(1.5) and metrics["eval/returns"] == [2.0, 2.0]
+    assert metrics["eval/action_at_bound"] == pytest.approx([2 / 3, 0.0])
+    assert metrics["eval/actor_scale"] == pytest.approx([0.2, 0.8])

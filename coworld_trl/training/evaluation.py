@@ -31,12 +31,19 @@ class Evaluator:
     positive means overestimation; and its two terms, ``eval/value_estimate`` and
     ``eval/value_true`` (Fig. 5b's bars, over the evaluation episodes: 500 steps on Meta-World
     and RoboDesk).
+
+    Per action dimension it also returns how often the action taken sat at the bound of
+    ``[-1, 1]`` (``eval/action_at_bound``) and, with ``actor_scale`` (``rollout -> [T, A]``
+    scale of the actor's distribution at the visited states, or ``None`` for an actor without
+    one), that scale (``eval/actor_scale``):
+    a wide scale where the mode is pinned at a bound is where the mode acts unlike the
+    policy's own draws (docs/results.md, issue 13).
     """
 
     def __init__(self, env: EnvBase, *, episodes: int = 10, logger: Logger | None = None, video: bool = True,
-                 state_value=None, gamma: float = 0.99):
+                 state_value=None, actor_scale=None, gamma: float = 0.99):
         self.env, self.episodes = env, episodes
-        self.state_value, self.gamma = state_value, gamma
+        self.state_value, self.actor_scale, self.gamma = state_value, actor_scale, gamma
         # skip=1: every frame (TorchRL's default keeps every other one).
         self.recorder = (VideoRecorder(logger, tag="eval/video", in_keys=["pixels"], skip=1)
                          if (logger and video) else None)
@@ -45,12 +52,17 @@ class Evaluator:
 
     @torch.no_grad()
     def __call__(self, policy, step: int) -> dict[str, float | list[float]]:
-        returns, successes, values, truths = [], [], [], []
+        returns, successes, values, truths, actions, scales = [], [], [], [], [], []
         with set_exploration_type(ExplorationType.DETERMINISTIC):
             for episode in range(self.episodes):
                 env = self.recording_env if (episode == 0 and self.recording_env is not None) else self.env
                 rollout = env.rollout(MAX_EPISODE_STEPS, policy, break_when_any_done=True)
                 returns.append(rollout["next", "reward"].sum().item())
+                if "action" in rollout.keys():
+                    actions.append(rollout["action"].reshape(-1, rollout["action"].shape[-1]))
+                scale = self.actor_scale(rollout) if self.actor_scale is not None else None
+                if scale is not None:
+                    scales.append(scale.reshape(-1, scale.shape[-1]))
                 if self.state_value is not None:
                     reward = rollout["next", "reward"].reshape(-1)
                     values.append(self.state_value(rollout).reshape(-1))
@@ -72,4 +84,8 @@ class Evaluator:
             metrics["eval/value_bias"] = (value - true).mean().item()
             metrics["eval/value_estimate"] = value.mean().item()
             metrics["eval/value_true"] = true.mean().item()
+        if actions:
+            metrics["eval/action_at_bound"] = (torch.cat(actions).abs() >= 0.99).float().mean(0).tolist()
+        if scales:
+            metrics["eval/actor_scale"] = torch.cat(scales).mean(0).tolist()
         return metrics

@@ -17,7 +17,7 @@ from torchrl.record.loggers import Logger
 
 from coworld_trl.data import DatasetError, OfflineDataset
 from coworld_trl.envs import env_info, make_env
-from coworld_trl.modules.policy import latent_state_primer
+from coworld_trl.modules.policy import latent_state_primer, policy_distribution
 from coworld_trl.training.config import DataConfig, EnvConfig, action_repeat
 from coworld_trl.training.evaluation import Evaluator
 from coworld_trl.training.replay import OnlineReplay
@@ -68,8 +68,13 @@ def make_evaluator(config, agent, env_name: str, *, logger: Logger, device: torc
         features = world_model.rssm.features(rollout["latent_stoch"].to(device), rollout["latent_deter"].to(device))
         return agent.critic(features).cpu()
 
+    def actor_scale(rollout: TensorDictBase) -> torch.Tensor | None:
+        features = world_model.rssm.features(rollout["latent_stoch"].to(device), rollout["latent_deter"].to(device))
+        dist = policy_distribution(agent.actor, features)
+        return dist.scale.cpu() if hasattr(dist, "scale") else None  # an actor without a scale parameter
+
     return Evaluator(env, episodes=config.eval.episodes, logger=logger, video=config.eval.video,
-                     state_value=state_value, gamma=config.agent.gamma)
+                     state_value=state_value, actor_scale=actor_scale, gamma=config.agent.gamma)
 
 
 def open_target_dataset(config) -> OfflineDataset:
