@@ -35,9 +35,8 @@ class Evaluator:
     Per action dimension it also returns how often the action taken sat at the bound of
     ``[-1, 1]`` (``eval/action_at_bound``) and, with ``actor_scale`` (``rollout -> [T, A]``
     scale of the actor's distribution at the visited states, or ``None`` for an actor without
-    one), that scale (``eval/actor_scale``):
-    a wide scale where the mode is pinned at a bound is where the mode acts unlike the
-    policy's own draws (docs/results.md, issue 13).
+    one), that scale (``eval/actor_scale``). A wide scale where the mode is pinned at a bound
+    is where the mode acts unlike the policy's own draws (docs/results.md, issue 13).
     """
 
     def __init__(self, env: EnvBase, *, episodes: int = 10, logger: Logger | None = None, video: bool = True,

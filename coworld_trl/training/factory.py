@@ -57,20 +57,21 @@ def make_replay(path: Path, data: DataConfig, *, device: torch.device | None = N
 
 
 def make_evaluator(config, agent, env_name: str, *, logger: Logger, device: torch.device) -> Evaluator:
-    """Deterministic episodes of ``agent`` on ``env_name``: return, success, value bias, one video."""
+    """Evaluation episodes of ``agent`` on ``env_name``: return, success, value bias, actor spread, one video."""
     env_config = config.env if hasattr(config, "env") else config.target
     action_dim = agent.world_model.action_dim
     env = make_run_env(env_config, config.train.seed + EVAL_SEED_OFFSET, name=env_name, action_dim=action_dim)
     env.append_transform(latent_state_primer(agent.world_model))
     world_model = agent.world_model
 
+    def features(rollout: TensorDictBase) -> torch.Tensor:  # of the posterior states the policy acted from
+        return world_model.rssm.features(rollout["latent_stoch"].to(device), rollout["latent_deter"].to(device))
+
     def state_value(rollout: TensorDictBase) -> torch.Tensor:
-        features = world_model.rssm.features(rollout["latent_stoch"].to(device), rollout["latent_deter"].to(device))
-        return agent.critic(features).cpu()
+        return agent.critic(features(rollout)).cpu()
 
     def actor_scale(rollout: TensorDictBase) -> torch.Tensor | None:
-        features = world_model.rssm.features(rollout["latent_stoch"].to(device), rollout["latent_deter"].to(device))
-        dist = policy_distribution(agent.actor, features)
+        dist = policy_distribution(agent.actor, features(rollout))
         return dist.scale.cpu() if hasattr(dist, "scale") else None  # an actor without a scale parameter
 
     return Evaluator(env, episodes=config.eval.episodes, logger=logger, video=config.eval.video,
