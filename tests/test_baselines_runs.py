@@ -83,6 +83,25 @@ def test_offline_dv2_trains_on_the_dataset_with_its_penalty_then_says_finished(t
         tmp_path, schedule=dict(updates=6), eval=dict(every_updates=3, episodes=1, video=False))))
     assert again.updates == 6 and len(results(tmp_path / "run")) == 2
     assert_target_env_only_evaluates(envs_made)  # the dataset is the only training data
+    assert_evaluate_opens_the_evaluated_agent(tmp_path / "run")
+
+
+def assert_evaluate_opens_the_evaluated_agent(run: Path, env: str = "dmc/cartpole_swingup"):
+    """``evaluate`` opens any recipe's run read-only: the agent the run evaluates (CoWorld's target)
+    with exactly the checkpoint's weights, evaluated on the run's evaluation env, twice alike."""
+    from coworld_trl.training.evaluate import evaluate_run, load_run
+
+    before = sorted((p, p.stat().st_mtime_ns) for p in run.rglob("*"))
+    agent, env_name = load_run(run)[0].evaluated()
+    saved = load_checkpoint(run / "checkpoint.pt")["agent"]
+    saved = saved["target"]["modules"] if "target" in saved else saved["modules"]
+    loaded = agent.state_dict()
+    assert env_name == env and loaded.keys() == saved.keys()
+    assert all(torch.equal(loaded[k], v) for k, v in saved.items())
+    first, again = evaluate_run(run, episodes=1), evaluate_run(run, episodes=1)
+    assert first["env"] == env and first["eval_action"] == "mode" and len(first["eval/returns"]) == 1
+    assert first["eval/returns"] == again["eval/returns"] and "eval/value_bias" in first
+    assert sorted((p, p.stat().st_mtime_ns) for p in run.rglob("*")) == before
 
 
 def test_offline_dv2_two_stage_schedule_freezes_the_world_model_after_its_stage(tmp_path):
@@ -195,6 +214,7 @@ def test_finetune_from_a_source_checkpoint_skips_pretraining_and_anchors_ewc_to_
                   if k.startswith("world_model_loss.world_model.")}
     assert anchors and all(torch.equal(anchors[k], pretrained[k]) for k in anchors)
     assert not (tmp_path / "run" / "replay_source").exists()
+    assert_evaluate_opens_the_evaluated_agent(tmp_path / "run")
 
 
 @pytest.mark.parametrize("change, named", [
@@ -262,6 +282,7 @@ def test_coworld_from_a_source_checkpoint_starts_from_its_weights_and_replay_wit
     assert [name for name, _ in envs_made if name == "dmc/cartpole_balance"] == ["dmc/cartpole_balance"]
     replay = load_checkpoint(tmp_path / "run" / "checkpoint.pt")["schedule"]["replays"][0]
     assert carried > 0 and replay["len"] == carried + 2 * 5
+    assert_evaluate_opens_the_evaluated_agent(tmp_path / "run")  # the target agent's
 
 
 def test_coworld_source_checkpoints_that_do_not_fit_are_refused_in_one_line_before_the_run_folder(

@@ -171,7 +171,7 @@ def test_collect_medium_replay_without_reference_trains_the_whole_run_and_cuts_a
     (tmp_path / "other" / "checkpoint.pt").write_bytes(b"")
     proc = subprocess.run([sys.executable, "-m", "coworld_trl.training.evaluate", str(tmp_path / "other")],
                           capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "is not an online DreamerV2 run" in proc.stderr
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "config.yaml is not the config of any recipe (its sections: target)" in proc.stderr
 
 
 

@@ -11,7 +11,8 @@ imports them into the dataset format at the end:
   first evaluation at or above ``fraction * reference_score`` and keep its whole replay.
   Both start with the random prefill.
 * ``random``: uniformly random actions.
-* ``expert``: deterministic rollouts (actor mean) of a trained DreamerV2 run directory.
+* ``expert``: deterministic rollouts (actor mean) of a trained run of any recipe (its
+  evaluated agent: CoWorld's target).
 * ``scripted``: Meta-World's bundled scripted policies with Gaussian action noise.
 """
 from __future__ import annotations
@@ -79,31 +80,6 @@ def episodes_until(directory: Path, frames: int, *, frames_per_step: int) -> int
     return kept
 
 
-def load_dreamer_run(run_dir: str | Path, *, device: str = "cpu"):
-    """The agent of a finished or running DreamerV2 run directory (its config and checkpoint)."""
-    import yaml
-
-    from coworld_trl.agents import make_dreamer_agent
-    from coworld_trl.envs import env_info
-    from coworld_trl.training.config import DreamerConfig, from_dict
-    from coworld_trl.training.checkpoint import load_checkpoint
-
-    run_dir = Path(run_dir)
-    config_file, checkpoint = run_dir / "config.yaml", run_dir / "checkpoint.pt"
-    if not checkpoint.exists():
-        raise ConfigError(f"{checkpoint} does not exist; give the folder of an online DreamerV2 run "
-                          f"(train one with `python recipes/dreamer_dmc.py`).")
-    stored = yaml.safe_load(config_file.read_text())
-    if "env" not in stored:
-        raise ConfigError(f"{run_dir} is not an online DreamerV2 run (its config.yaml has no env section: another "
-                          f"agent's run); give the folder of a `recipes/dreamer_dmc.py` or collection run.")
-    config = from_dict(DreamerConfig, {k: v for k, v in stored.items() if k != "collect"})  # a collection run too
-    agent = make_dreamer_agent(config.model, config.agent, action_dim=env_info(config.env.name).action_dim,
-                               obs_shape=(3, config.env.image_size, config.env.image_size), device=device)
-    agent.load_checkpoint_state(load_checkpoint(checkpoint, map_location=device)["agent"])
-    return agent, config
-
-
 def collect_dataset(config: CollectDatasetConfig) -> OfflineDataset:
     """Run the collection ``config.collect.kind`` describes and write the dataset to ``config.collect.output``."""
     from torchrl.envs.utils import ExplorationType, set_exploration_type
@@ -146,9 +122,14 @@ def collect_dataset(config: CollectDatasetConfig) -> OfflineDataset:
         torch.manual_seed(seed)
         policy, exploration = None, ExplorationType.RANDOM
         if c.kind == "expert":
+            from coworld_trl.training.evaluate import load_run
+
             if not c.checkpoint:
-                raise ValueError("collect.checkpoint is unset; give the run directory of a trained DreamerV2.")
-            agent, _ = load_dreamer_run(c.checkpoint)
+                raise ValueError("collect.checkpoint is unset; give the run directory of a trained agent.")
+            agent, _ = load_run(c.checkpoint)[0].evaluated()
+            if agent.world_model.action_dim != env.action_spec.shape[-1]:
+                raise ConfigError(f"collect.checkpoint={c.checkpoint}'s agent acts in {agent.world_model.action_dim}-d "
+                                  f"but {name} in {env.action_spec.shape[-1]}-d; give a run of an agent acting in {name}")
             env.append_transform(latent_state_primer(agent.world_model))
             policy, exploration = agent.policy(), ExplorationType.DETERMINISTIC
         elif c.kind == "scripted":

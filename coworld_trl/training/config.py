@@ -199,7 +199,7 @@ class CollectConfig:
     kind: str = "medium-replay"  # medium-replay | random | expert | scripted
     output: str = "datasets/dataset"
     episodes: int = 10  # random / expert / scripted
-    checkpoint: Optional[str] = None  # expert: a DreamerV2 run directory
+    checkpoint: Optional[str] = None  # expert: a run directory of any recipe (CoWorld: its target agent)
     noise: float = 0.1  # scripted: Gaussian action noise
     # medium-replay: None keeps the episodes until the first eval >= fraction * the run's best eval
     # (the paper's); a task's expert return stops the run at the first eval >= fraction * it.
@@ -280,6 +280,16 @@ def to_dict(config) -> dict[str, Any]:
 def from_dict(schema: type, values: dict[str, Any]):
     """Build a nested dataclass from a plain dict (e.g. a resolved Hydra config)."""
     return _merge(schema(), values)
+
+
+def schema_of(values: dict[str, Any], *, source: str) -> type:
+    """The recipe schema whose sections are exactly those of ``values`` (a run's ``config.yaml``,
+    named ``source`` in the error)."""
+    for schema in SCHEMAS.values():
+        if {f.name for f in fields(schema)} == set(values):
+            return schema
+    raise ConfigError(f"{source} is not the config of any recipe (its sections: {', '.join(values) or 'none'}); "
+                      f"give the folder of a run a recipe in recipes/ wrote")
 
 
 def register_hydra_schemas() -> None:

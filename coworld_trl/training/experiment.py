@@ -212,6 +212,9 @@ class Schedule(Protocol):
     def open_inputs(self, config) -> None:
         """Open what the run reads and must not create itself (an offline dataset)."""
 
+    def make_agent(self, config, device: torch.device):
+        """The agent alone, freshly initialised (what ``evaluate`` loads a checkpoint into)."""
+
     def build(self, experiment: "Experiment"):
         """Build envs, replays and the agent from ``experiment.config``; return the agent."""
 

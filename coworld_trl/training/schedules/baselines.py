@@ -75,24 +75,29 @@ class OfflineDreamer(Schedule):
     def open_inputs(self, config) -> None:
         _open_dataset(self, config)
 
-    def build(self, experiment: "Experiment"):
+    def make_agent(self, config, device):
         from coworld_trl.agents import make_dreamer_agent
         from coworld_trl.envs import env_info
         from coworld_trl.objectives import RewardUncertaintyPenalty
-        from coworld_trl.training.factory import dataset_sampler
 
-        config = self.config = experiment.config
-        action_dim, size = env_info(config.target.name).action_dim, config.target.image_size
+        self.config, size = config, config.target.image_size
         penalty = None
         if config.uncertainty.lmbda > 0:
             penalty = RewardUncertaintyPenalty(kind=config.uncertainty.kind, lmbda=config.uncertainty.lmbda)
-        self.agent = make_dreamer_agent(config.model, config.agent, action_dim=action_dim, obs_shape=(3, size, size),
-                                        device=experiment.device, autocast=config.train.autocast,
+        self.agent = make_dreamer_agent(config.model, config.agent, action_dim=env_info(config.target.name).action_dim,
+                                        obs_shape=(3, size, size), device=device, autocast=config.train.autocast,
                                         nan_policy=config.train.nan_policy, reward_penalty=penalty)
+        return self.agent
+
+    def build(self, experiment: "Experiment"):
+        from coworld_trl.training.factory import dataset_sampler
+
+        config = experiment.config
+        self.make_agent(config, experiment.device)
         if config.train.compile:
             compile_networks(self.agent, config.train)
-        self.sample = dataset_sampler(self.dataset, config.data, env_name=config.target.name, action_dim=action_dim,
-                                      device=experiment.device)
+        self.sample = dataset_sampler(self.dataset, config.data, env_name=config.target.name,
+                                      action_dim=self.agent.world_model.action_dim, device=experiment.device)
         if config.schedule.world_model_updates == 0 and self.progress.phase == "world_model":
             self.progress.phase = "joint"
         return self.agent
@@ -185,18 +190,22 @@ class Finetune(Schedule):
         _open_dataset(self, config)
         self.source_run = self._open_source_run(config) if config.source_checkpoint else None
 
-    def build(self, experiment: "Experiment"):
+    def make_agent(self, config, device):
         from coworld_trl.agents import make_dreamer_agent
+
+        self.config, size = config, config.target.image_size
+        self.agent = make_dreamer_agent(config.model, config.agent, action_dim=_action_dim(config),
+                                        obs_shape=(3, size, size), device=device, autocast=config.train.autocast,
+                                        nan_policy=config.train.nan_policy,
+                                        ewc_lmbda=config.ewc.lmbda, ewc_parts=tuple(config.ewc.parts))
+        return self.agent
+
+    def build(self, experiment: "Experiment"):
         from coworld_trl.training.config import action_repeat
         from coworld_trl.training.factory import dataset_sampler
 
-        config = self.config = experiment.config
-        action_dim = _action_dim(config)
-        size = config.target.image_size
-        self.agent = make_dreamer_agent(config.model, config.agent, action_dim=action_dim, obs_shape=(3, size, size),
-                                        device=experiment.device, autocast=config.train.autocast,
-                                        nan_policy=config.train.nan_policy,
-                                        ewc_lmbda=config.ewc.lmbda, ewc_parts=tuple(config.ewc.parts))
+        config = experiment.config
+        action_dim = self.make_agent(config, experiment.device).world_model.action_dim
         if config.train.compile:
             compile_networks(self.agent, config.train)
         self.frames_per_step = action_repeat(config.target)

@@ -94,21 +94,26 @@ class CoWorld(Schedule):
                                             action_dim=_action_dim(config))
                             for i, (run, name) in enumerate(zip(runs, config.sources))]
 
-    def build(self, experiment: "Experiment"):
+    def make_agent(self, config, device):
         from coworld_trl.agents import make_coworld_agent
+
+        self.config, size = config, config.target.image_size
+        self.agent = make_coworld_agent(config.model, config.agent, config.coupling, action_dim=_action_dim(config),
+                                        num_sources=len(config.sources), obs_shape=(3, size, size),
+                                        device=device, autocast=config.train.autocast,
+                                        nan_policy=config.train.nan_policy,
+                                        eta_steps_default=max(config.schedule.relabelled_updates(), 1))
+        return self.agent
+
+    def build(self, experiment: "Experiment"):
         from coworld_trl.training.config import action_repeat
         from coworld_trl.training.factory import dataset_sampler
 
-        config = self.config = experiment.config
+        config = experiment.config
         self.device = experiment.device
         action_dim = _action_dim(config)
         self.frames_per_step = action_repeat(config.target)
-        size = config.target.image_size
-        self.agent = make_coworld_agent(config.model, config.agent, config.coupling, action_dim=action_dim,
-                                        num_sources=len(config.sources), obs_shape=(3, size, size),
-                                        device=self.device, autocast=config.train.autocast,
-                                        nan_policy=config.train.nan_policy,
-                                        eta_steps_default=max(config.schedule.relabelled_updates(), 1))
+        self.make_agent(config, self.device)
         # given source runs replace pretraining: their weights now (a resumed run's checkpoint then
         # overrides them), their replays in pretrain_sources
         self.source_replays = [

@@ -151,6 +151,12 @@ class Schedule:
 
     online: list[OnlineSource] = []
 
+    def make_agent(self, config, device):
+        """The agent this schedule trains, freshly initialised, as ``self.agent``: no envs, data,
+        source weights or compilation. ``build`` starts from it; ``evaluate`` loads a run's
+        checkpoint into it."""
+        raise NotImplementedError
+
     def evaluated(self):
         """The agent evaluations run, and on which env (an offline agent's target)."""
         return self.agent, self.config.target.name
@@ -193,21 +199,23 @@ class OnlineDreamer(Schedule):
     def __init__(self):
         self.progress = OnlineProgress()
 
-    def build(self, experiment: "Experiment"):
+    def make_agent(self, config, device):
         from coworld_trl.agents import make_dreamer_agent
-        from coworld_trl.training.factory import make_run_env
+        from coworld_trl.envs import env_info
 
-        config = self.config = experiment.config
-        probe = make_run_env(config.env, config.train.seed)
-        action_dim, obs_shape = probe.action_spec.shape[-1], tuple(probe.observation_spec["pixels"].shape)
-        probe.close()
-        self.agent = make_dreamer_agent(config.model, config.agent, action_dim=action_dim, obs_shape=obs_shape,
-                                        device=experiment.device, autocast=config.train.autocast,
+        self.config, size = config, config.env.image_size
+        self.agent = make_dreamer_agent(config.model, config.agent, action_dim=env_info(config.env.name).action_dim,
+                                        obs_shape=(3, size, size), device=device, autocast=config.train.autocast,
                                         nan_policy=config.train.nan_policy)
+        return self.agent
+
+    def build(self, experiment: "Experiment"):
+        config = experiment.config
+        self.make_agent(config, experiment.device)
         if config.train.compile:
             compile_networks(self.agent, config.train)
         self.source = OnlineSource(experiment, self.agent, env_name=config.env.name, env=config.env,
-                                   seed=config.train.seed, action_dim=action_dim)
+                                   seed=config.train.seed, action_dim=self.agent.world_model.action_dim)
         self.online = [self.source]
         return self.agent
 
