@@ -165,6 +165,8 @@ def test_collect_medium_replay_without_reference_trains_the_whole_run_and_cuts_a
         assert f"2 episodes, eval_action={action}: return {metrics['eval/return_mean']:.1f}" in proc.stdout
         assert "eval/value_bias" in metrics and len(metrics["eval/actor_scale"]) == len(metrics["eval/action_at_bound"])
         assert "actor scale per action dimension: " in proc.stdout
+        assert len(metrics["eval/action_std"]) == len(metrics["eval/actor_scale"])
+        assert "spread of the actions taken per action dimension: " in proc.stdout
     assert snapshot(run) == before  # paths, bytes and mtimes
     (tmp_path / "other").mkdir()
     (tmp_path / "other" / "config.yaml").write_text("target:\n  name: dmc/walker_downhill\n")

@@ -141,7 +141,8 @@ def test_coworld_recipe_runs_end_to_end_then_says_finished(tmp_path):
     results = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
     assert [r["target_updates"] for r in results] == [r["agent_updates"] for r in results] == [4, 8]
     assert all("eval/value_bias" in r and isinstance(r["eval/return_mean"], float) for r in results)
-    assert all(len(r["eval/actor_scale"]) == len(r["eval/action_at_bound"]) == 6 for r in results)  # walker's joints
+    per_dim = ("eval/actor_scale", "eval/action_at_bound", "eval/action_std")
+    assert all(len(r[key]) == 6 for r in results for key in per_dim)  # walker's joints
     # pretraining: 60 collections of 5 steps x 8 frames; updates start once 2000 frames are
     # stored (collections 50..60: 11 updates); then 4 source updates per online phase
     assert [r["source_updates"] for r in results] == [11, 15]

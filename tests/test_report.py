@@ -371,7 +371,7 @@ def test_bad_folders_are_refused_in_one_line(tmp_path, capsys):
 def test_evaluator_records_the_value_estimate_the_discounted_true_return_and_the_action_spread():
     """Two episodes with rewards [1, 1] and [2]; gamma 0.5: true returns 1.5, 1 and 2 (mean 1.5);
     the critic says 3 everywhere: estimate 3, bias 1.5. Per action dimension: the share of steps
-    at the bound (|a| >= 0.99) and the mean of the actor's scale."""
+    at the bound (|a| >= 0.99), the std of the actions taken and the mean of the actor's scale."""
     from tensordict import TensorDict
 
     from coworld_trl.training.evaluation import Evaluator
@@ -393,4 +393,6 @@ def test_evaluator_records_the_value_estimate_the_discounted_true_return_and_the
     assert metrics["eval/value_true"] == pytest.approx(1.5) and metrics["eval/value_estimate"] == 3.0
     assert metrics["eval/value_bias"] == pytest.approx(1.5) and metrics["eval/returns"] == [2.0, 2.0]
     assert metrics["eval/action_at_bound"] == pytest.approx([2 / 3, 0.0])
+    assert metrics["eval/action_std"] == pytest.approx([torch.tensor([1.0, 0.0, -0.995]).std(unbiased=False).item(),
+                                                        torch.tensor([0.2, -0.5, 0.98]).std(unbiased=False).item()])
     assert metrics["eval/actor_scale"] == pytest.approx([0.2, 0.8])

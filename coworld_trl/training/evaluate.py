@@ -93,7 +93,8 @@ def main(argv: list[str] | None = None) -> None:
     bias = f", value bias {metrics['eval/value_bias']:+.2f}" if "eval/value_bias" in metrics else ""
     print(f"{args.run}: {metrics['env']}, {args.episodes} episodes, eval_action={metrics['eval_action']}: return "
           f"{metrics['eval/return_mean']:.1f} +- {metrics['eval/return_std']:.1f}{bias}")
-    for key, label in (("eval/actor_scale", "actor scale"), ("eval/action_at_bound", "action at the bound")):
+    for key, label in (("eval/actor_scale", "actor scale"), ("eval/action_at_bound", "action at the bound"),
+                       ("eval/action_std", "spread of the actions taken")):
         if key in metrics:
             print(f"  {label} per action dimension: {' '.join(f'{v:.2f}' for v in metrics[key])}")
     if args.json:

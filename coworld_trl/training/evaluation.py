@@ -33,7 +33,8 @@ class Evaluator:
     and RoboDesk).
 
     Per action dimension it also returns how often the action taken sat at the bound of
-    ``[-1, 1]`` (``eval/action_at_bound``) and, with ``actor_scale`` (``rollout -> [T, A]``
+    ``[-1, 1]`` (``eval/action_at_bound``), the spread of the actions taken over all steps
+    (``eval/action_std``: 0 is a policy that acts alike in every state) and, with ``actor_scale`` (``rollout -> [T, A]``
     scale of the actor's distribution at the visited states, or ``None`` for an actor without
     one), that scale (``eval/actor_scale``). A wide scale where the mode is pinned at a bound
     is where the mode acts unlike the policy's own draws (docs/results.md, issue 13).
@@ -84,7 +85,9 @@ class Evaluator:
             metrics["eval/value_estimate"] = value.mean().item()
             metrics["eval/value_true"] = true.mean().item()
         if actions:
-            metrics["eval/action_at_bound"] = (torch.cat(actions).abs() >= 0.99).float().mean(0).tolist()
+            taken = torch.cat(actions)
+            metrics["eval/action_at_bound"] = (taken.abs() >= 0.99).float().mean(0).tolist()
+            metrics["eval/action_std"] = taken.std(0, unbiased=False).tolist()
         if scales:
             metrics["eval/actor_scale"] = torch.cat(scales).mean(0).tolist()
         return metrics
