@@ -96,3 +96,31 @@ def test_bench_official_without_the_official_code_says_where_to_get_it(tmp_path,
     assert len(err.splitlines()) == 1 and f"--official-dir {tmp_path}" in err
     assert "networks.py, tools.py, co_configs.yaml" in err and "models.py" not in err.split(" has no ")[1]
     assert "git clone https://github.com/qiwang067/CoWorld" in err
+
+
+def test_actor_on_dataset_finds_an_actor_that_acts_alike_in_every_state(tmp_path):
+    """A tiny Offline DV2 run whose actor's last layer is then set to one location (+5 before tanh)
+    whatever the state: its mode on the dataset's states is at +1, one sign, at the bound, in every state."""
+    from coworld_trl.training import OfflineDV2Config, recipe_config, run_offline_dv2
+    from coworld_trl.training.checkpoint import load_checkpoint, save_checkpoint
+
+    run = tmp_path / "run"
+    run_offline_dv2(recipe_config(OfflineDV2Config, "quick", **dict(
+        model=dict(stoch=4, classes=4, deter=32, hidden=32, cnn_depth=16, mlp_units=32, ensemble=3),
+        data=dict(batch_size=2, seq_len=8), train=dict(device="cpu", threads=1),
+        eval=dict(every_updates=10**6, episodes=1, video=False), schedule=dict(updates=2),
+        target=dict(name="dmc/cartpole_swingup", action_repeat=8, fast_render=True),
+        make_dataset_episodes=2, dataset=str(tmp_path / "ds" / "medium-replay"), output_dir=str(run))))
+    probe = load("actor_on_dataset")
+    before = probe.actor_on_dataset(str(run), batch_size=2)
+    assert set(before) == {"mode_mean", "majority_sign", "at_bound", "dataset_action_mean"}
+    assert all(len(v) == 1 for v in before.values()) and 0.5 <= before["majority_sign"][0] <= 1.0
+
+    state = load_checkpoint(run / "checkpoint.pt")
+    weights = state["agent"]["modules"]
+    weights["actor_loss.actor.net.4.weight"].zero_()
+    weights["actor_loss.actor.net.4.bias"][0] = 5.0  # the location; [1] is the scale's
+    save_checkpoint(run / "checkpoint.pt", state)
+    corner = probe.actor_on_dataset(str(run), batch_size=2)
+    assert corner["majority_sign"] == [1.0] and corner["at_bound"] == [1.0]
+    assert corner["mode_mean"][0] > 0.99 and corner["dataset_action_mean"] == before["dataset_action_mean"]
