@@ -19,13 +19,13 @@ import argparse
 import torch
 
 from coworld_trl.modules.policy import policy_distribution
-from coworld_trl.training.evaluate import load_run
+from coworld_trl.training.evaluate import load_run_agent
 from coworld_trl.training.factory import dataset_sampler, open_target_dataset
 
 
 def actor_on_dataset(run: str, *, batch_size: int = 4, seed: int = 0) -> dict[str, list[float]]:
     torch.manual_seed(seed)
-    schedule, config = load_run(run)
+    schedule, config = load_run_agent(run)
     if not hasattr(config, "dataset"):
         raise SystemExit(f"error: {run} trains on no dataset (an online run); give an offline agent's run")
     agent, _ = schedule.evaluated()

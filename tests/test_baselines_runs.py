@@ -84,15 +84,21 @@ def test_offline_dv2_trains_on_the_dataset_with_its_penalty_then_says_finished(t
     assert again.updates == 6 and len(results(tmp_path / "run")) == 2
     assert_target_env_only_evaluates(envs_made)  # the dataset is the only training data
     assert_evaluate_opens_the_evaluated_agent(tmp_path / "run")
+    from coworld_trl.errors import ConfigError
+    from coworld_trl.training.evaluate import evaluate_run
+
+    with pytest.raises(ConfigError, match=r"--env dmc/walker_walk acts in 6-d but .*'s agent in 1-d; give an env of "
+                                          r"at most 1 action dims"):
+        evaluate_run(tmp_path / "run", env="dmc/walker_walk")
 
 
 def assert_evaluate_opens_the_evaluated_agent(run: Path, env: str = "dmc/cartpole_swingup"):
     """``evaluate`` opens any recipe's run read-only: the agent the run evaluates (CoWorld's target)
     with exactly the checkpoint's weights, evaluated on the run's evaluation env, twice alike."""
-    from coworld_trl.training.evaluate import evaluate_run, load_run
+    from coworld_trl.training.evaluate import evaluate_run, load_run_agent
 
     before = sorted((p, p.stat().st_mtime_ns) for p in run.rglob("*"))
-    agent, env_name = load_run(run)[0].evaluated()
+    agent, env_name = load_run_agent(run)[0].evaluated()
     saved = load_checkpoint(run / "checkpoint.pt")["agent"]
     saved = saved["target"]["modules"] if "target" in saved else saved["modules"]
     loaded = agent.state_dict()

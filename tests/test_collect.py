@@ -116,6 +116,13 @@ def test_collect_medium_replay_stops_at_the_target_then_expert_rolls_out_the_run
                        f"collect.output={expert}", f"output_dir={tmp_path / 'unused'}"], tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert OfflineDataset(expert).metadata.episodes == 1
+    walker = tmp_path / "walker"  # the cartpole agent cannot act in walker's 6 dims
+    proc = run_recipe(["env.name=dmc/walker_walk", "env.action_repeat=8", "env.fast_render=true", *TINY,
+                       "collect.kind=expert", f"collect.checkpoint={run}", f"collect.output={walker}",
+                       f"output_dir={tmp_path / 'unused2'}"], tmp_path)
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr[-3000:]
+    assert f"collect.checkpoint={run}'s agent acts in 1-d but dmc/walker_walk in 6-d" in proc.stderr
+    assert not walker.exists() and not (tmp_path / "walker.episodes").exists()
 
 
 def test_medium_replay_cut_keeps_the_episodes_until_the_first_eval_at_a_third_of_the_best(tmp_path):
@@ -173,7 +180,8 @@ def test_collect_medium_replay_without_reference_trains_the_whole_run_and_cuts_a
     (tmp_path / "other" / "checkpoint.pt").write_bytes(b"")
     proc = subprocess.run([sys.executable, "-m", "coworld_trl.training.evaluate", str(tmp_path / "other")],
                           capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "config.yaml is not the config of any recipe (its sections: target)" in proc.stderr
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1
+    assert "config.yaml is not the config of any recipe (its sections: target)" in proc.stderr
 
 
 

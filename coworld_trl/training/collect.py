@@ -122,11 +122,11 @@ def collect_dataset(config: CollectDatasetConfig) -> OfflineDataset:
         torch.manual_seed(seed)
         policy, exploration = None, ExplorationType.RANDOM
         if c.kind == "expert":
-            from coworld_trl.training.evaluate import load_run
+            from coworld_trl.training.evaluate import load_run_agent
 
             if not c.checkpoint:
                 raise ValueError("collect.checkpoint is unset; give the run directory of a trained agent.")
-            agent, _ = load_run(c.checkpoint)[0].evaluated()
+            agent, _ = load_run_agent(c.checkpoint)[0].evaluated()
             if agent.world_model.action_dim != env.action_spec.shape[-1]:
                 raise ConfigError(f"collect.checkpoint={c.checkpoint}'s agent acts in {agent.world_model.action_dim}-d "
                                   f"but {name} in {env.action_spec.shape[-1]}-d; give a run of an agent acting in {name}")

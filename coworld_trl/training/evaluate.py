@@ -22,7 +22,7 @@ from coworld_trl.errors import CoWorldError
 from coworld_trl.modules.policy import EVAL_ACTIONS
 
 
-def load_run(run_dir: str | Path, *, device: str = "cpu"):
+def load_run_agent(run_dir: str | Path, *, device: str = "cpu"):
     """``(schedule, config)`` of any recipe's run folder, the schedule's agent holding the latest
     checkpoint's weights; ``schedule.evaluated()`` is the agent its evaluations run and their env."""
     import torch
@@ -56,11 +56,17 @@ def evaluate_run(run_dir: str | Path, *, episodes: int = 10, eval_action: str | 
     the latest checkpoint in ``run_dir``; nothing in ``run_dir`` is written."""
     import torch
 
+    from coworld_trl.envs import env_info
+    from coworld_trl.errors import ConfigError
     from coworld_trl.training.factory import make_evaluator
 
-    schedule, config = load_run(run_dir, device=device)
+    schedule, config = load_run_agent(run_dir, device=device)
     agent, run_env = schedule.evaluated()
     env = env or run_env
+    if env_info(env).action_dim > agent.world_model.action_dim:
+        raise ConfigError(f"--env {env} acts in {env_info(env).action_dim}-d but {run_dir}'s agent in "
+                          f"{agent.world_model.action_dim}-d; give an env of at most {agent.world_model.action_dim} "
+                          f"action dims")
     if eval_action is not None:
         agent.config = dataclasses.replace(agent.config, eval_action=eval_action)
     config.eval.episodes = episodes

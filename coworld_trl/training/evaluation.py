@@ -34,9 +34,9 @@ class Evaluator:
 
     Per action dimension it also returns how often the action taken sat at the bound of
     ``[-1, 1]`` (``eval/action_at_bound``), the spread of the actions taken over all steps
-    (``eval/action_std``: 0 is a policy that acts alike in every state) and, with ``actor_scale`` (``rollout -> [T, A]``
-    scale of the actor's distribution at the visited states, or ``None`` for an actor without
-    one), that scale (``eval/actor_scale``). A wide scale where the mode is pinned at a bound
+    (``eval/action_std``: 0 is a policy that acts alike in every state) and, with
+    ``actor_scale`` (``rollout -> [T, A]`` scale of the actor's distribution at the visited
+    states, or ``None`` for an actor without one), that scale (``eval/actor_scale``). A wide scale where the mode is pinned at a bound
     is where the mode acts unlike the policy's own draws (docs/results.md, issue 13).
     """
 
