@@ -9,8 +9,19 @@ agent it evaluates is loaded from the latest checkpoint, one ``[B, T]`` batch of
 sequences is observed (posterior states) and, per action dimension, this prints the mean of the
 actor's mode over those states, the share of states where the mode has its majority sign (1.0:
 the same sign in every state), the share at the bound (|a| >= 0.99) and the dataset's mean action
-on the same steps. A mode with one sign and at the bound everywhere is a policy that acts alike
+on the same steps; for the library's truncated-Normal actor also the slope ``1 - loc^2``
+through which its gradient reaches the location (near 0: saturated) and the scale. A mode with one sign and at the bound everywhere is a policy that acts alike
 in every state (docs/results.md, issue 13).
+
+Then (``imagined_rewards``) what the world model says of those actions: from every posterior
+state ``s_t`` of the batch with ``H`` (the agent's horizon) dataset steps after it, the model's
+prior is rolled ``H`` steps with four action sources: the actor's mode, the actor's samples,
+the dataset's own next ``H`` actions (open loop) and uniform random actions. Per source it
+prints the mean imagined reward per step and, for a world model with an ensemble of prior heads
+(Offline DV2), the heads' disagreement ``u`` and the penalty ``lmbda * u`` the run trained with;
+``dataset reward`` is the reward the dataset recorded on the same steps. An actor whose imagined
+reward is far above what its evaluations earned exploits the model; one whose ``u`` is below
+the dataset actions' is where the penalty cannot flag it.
 """
 from __future__ import annotations
 
@@ -18,12 +29,16 @@ import argparse
 
 import torch
 
+from coworld_trl.modules.networks import Actor
 from coworld_trl.modules.policy import policy_distribution
 from coworld_trl.training.evaluate import load_run_agent
+from coworld_trl.objectives.uncertainty import RewardUncertaintyPenalty
 from coworld_trl.training.factory import dataset_sampler, open_target_dataset
 
 
-def actor_on_dataset(run: str, *, batch_size: int = 4, seed: int = 0) -> dict[str, list[float]]:
+def observed_batch(run: str, *, batch_size: int, seed: int):
+    """``(agent, config, batch)``: the run's evaluated agent and one ``[B, T]`` batch of its dataset
+    with the posterior states written in."""
     torch.manual_seed(seed)
     schedule, config = load_run_agent(run)
     if not hasattr(config, "dataset"):
@@ -34,13 +49,69 @@ def actor_on_dataset(run: str, *, batch_size: int = 4, seed: int = 0) -> dict[st
                              action_dim=agent.world_model.action_dim, device=torch.device("cpu"))
     batch = sample()
     with torch.no_grad():
-        agent.observe(batch)  # posterior states into the batch
+        agent.observe(batch)
+    return agent, config, batch
+
+
+def actor_on_dataset(run: str, *, batch_size: int = 4, seed: int = 0) -> dict[str, list[float]]:
+    agent, _, batch = observed_batch(run, batch_size=batch_size, seed=seed)
+    with torch.no_grad():
         features = agent.world_model.rssm.features(batch["stoch"], batch["deter"])
-        mode = policy_distribution(agent.actor, features.reshape(-1, features.shape[-1])).mode
+        dist = policy_distribution(agent.actor, features.reshape(-1, features.shape[-1]))
+        mode = dist.mode
     positive = (mode > 0).float().mean(0)
-    return {"mode_mean": mode.mean(0).tolist(), "majority_sign": torch.maximum(positive, 1 - positive).tolist(),
-            "at_bound": (mode.abs() >= 0.99).float().mean(0).tolist(),
-            "dataset_action_mean": batch["action"].reshape(mode.shape).mean(0).tolist()}
+    out = {"mode_mean": mode.mean(0).tolist(), "majority_sign": torch.maximum(positive, 1 - positive).tolist(),
+           "at_bound": (mode.abs() >= 0.99).float().mean(0).tolist(),
+           "dataset_action_mean": batch["action"].reshape(mode.shape).mean(0).tolist()}
+    if isinstance(agent.actor, Actor) and agent.actor.dist_kind == "trunc_normal":
+        # loc = tanh(m): the actor's gradient reaches m scaled by 1 - loc^2, ~0 once saturated.
+        out["loc_slope"] = (1 - dist.loc.pow(2)).mean(0).tolist()
+        out["scale"] = dist.scale.mean(0).tolist()
+    return out
+
+
+def windows(x: torch.Tensor, horizon: int) -> torch.Tensor:
+    """``x [B, T, D]`` -> ``[B * (T - H + 1), H, D]``: the ``H`` steps from every start ``t``."""
+    return x.unfold(1, horizon, 1).movedim(-1, 2).flatten(0, 1)
+
+
+def imagined_rewards(run: str, *, batch_size: int = 4, seed: int = 0) -> dict[str, dict[str, float]]:
+    agent, config, batch = observed_batch(run, batch_size=batch_size, seed=seed)
+    world_model, horizon = agent.world_model, config.agent.horizon
+    rssm = world_model.rssm
+    if batch.shape[1] < horizon:
+        raise SystemExit(f"error: sequences of {batch.shape[1]} steps are shorter than the horizon {horizon}")
+    starts = batch.shape[1] - horizon + 1  # the start states with H dataset steps after them
+    stoch = batch["stoch"][:, :starts].flatten(0, 1)
+    deter = batch["deter"][:, :starts].flatten(0, 1)
+    dataset_actions = windows(batch["action"], horizon)
+    penalty = agent.reward_penalty if isinstance(agent.reward_penalty, RewardUncertaintyPenalty) else None
+
+    def policy(kind: str):
+        def act(step: int, features: torch.Tensor) -> torch.Tensor:
+            if kind == "dataset":
+                return dataset_actions[:, step]
+            if kind == "uniform":
+                return torch.rand_like(dataset_actions[:, step]) * 2 - 1
+            dist = policy_distribution(agent.actor, features)
+            return dist.mode if kind == "actor mode" else dist.sample()
+        return act
+
+    out = {}
+    with torch.no_grad():
+        for kind in ("actor mode", "actor sample", "dataset", "uniform"):
+            act, s, h, deters, features = policy(kind), stoch, deter, [], []
+            for step in range(horizon):
+                h, _, s = rssm.img_step(s, h, act(step, rssm.features(s, h)))
+                deters.append(h)
+                features.append(rssm.features(s, h))
+            row = {"imagined reward": world_model.reward_head(torch.stack(features, 1)).mean().item()}
+            if penalty is not None:
+                u = penalty.uncertainty(rssm.ensemble_stats(torch.stack(deters, 1))).mean().item()
+                row.update({"u": u, "lmbda * u": penalty.lmbda * u})
+            out[kind] = row
+        out["dataset"]["dataset reward"] = windows(batch["next", "reward"], horizon).mean().item()
+    return out
 
 
 def main() -> None:
@@ -52,7 +123,11 @@ def main() -> None:
     for run in args.runs:
         print(run)
         for key, values in actor_on_dataset(run, batch_size=args.batch_size, seed=args.seed).items():
-            print(f"  {key:20s} {' '.join(f'{v:+.2f}' for v in values)}")
+            form = ".1e" if key == "loc_slope" else "+.2f"  # saturation shows in the exponent
+            print(f"  {key:20s} {' '.join(f'{v:{form}}' for v in values)}")
+        print("  imagined H steps from the dataset's states, means per step:")
+        for kind, row in imagined_rewards(run, batch_size=args.batch_size, seed=args.seed).items():
+            print(f"  {kind:20s} " + "  ".join(f"{name} {value:+.4f}" for name, value in row.items()))
 
 
 if __name__ == "__main__":

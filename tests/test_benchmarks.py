@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -100,27 +101,47 @@ def test_bench_official_without_the_official_code_says_where_to_get_it(tmp_path,
 
 def test_actor_on_dataset_finds_an_actor_that_acts_alike_in_every_state(tmp_path):
     """A tiny Offline DV2 run whose actor's last layer is then set to one location (+5 before tanh)
-    whatever the state: its mode on the dataset's states is at +1, one sign, at the bound, in every state."""
+    whatever the state: its mode on the dataset's states is at +1, one sign, at the bound, in every
+    state, with the location's slope 1 - tanh(5)^2. Its reward head then set to a constant c: every
+    action source's imagined reward is c, and the penalty is lmbda times the heads' disagreement."""
+    import torch
+
     from coworld_trl.training import OfflineDV2Config, recipe_config, run_offline_dv2
     from coworld_trl.training.checkpoint import load_checkpoint, save_checkpoint
 
     run = tmp_path / "run"
     run_offline_dv2(recipe_config(OfflineDV2Config, "quick", **dict(
         model=dict(stoch=4, classes=4, deter=32, hidden=32, cnn_depth=16, mlp_units=32, ensemble=3),
+        agent=dict(horizon=3), uncertainty=dict(lmbda=10.0),
         data=dict(batch_size=2, seq_len=8), train=dict(device="cpu", threads=1),
         eval=dict(every_updates=10**6, episodes=1, video=False), schedule=dict(updates=2),
         target=dict(name="dmc/cartpole_swingup", action_repeat=8, fast_render=True),
         make_dataset_episodes=2, dataset=str(tmp_path / "ds" / "medium-replay"), output_dir=str(run))))
     probe = load("actor_on_dataset")
     before = probe.actor_on_dataset(str(run), batch_size=2)
-    assert set(before) == {"mode_mean", "majority_sign", "at_bound", "dataset_action_mean"}
+    assert set(before) == {"mode_mean", "majority_sign", "at_bound", "dataset_action_mean", "loc_slope", "scale"}
     assert all(len(v) == 1 for v in before.values()) and 0.5 <= before["majority_sign"][0] <= 1.0
+    assert 0.9 < before["loc_slope"][0] <= 1.0, "a fresh actor's location is not saturated"
 
     state = load_checkpoint(run / "checkpoint.pt")
     weights = state["agent"]["modules"]
     weights["actor_loss.actor.net.4.weight"].zero_()
     weights["actor_loss.actor.net.4.bias"][0] = 5.0  # the location; [1] is the scale's
+    weights["world_model_loss.world_model.reward_head.net.4.weight"].zero_()
+    weights["world_model_loss.world_model.reward_head.net.4.bias"].fill_(0.25)
     save_checkpoint(run / "checkpoint.pt", state)
     corner = probe.actor_on_dataset(str(run), batch_size=2)
     assert corner["majority_sign"] == [1.0] and corner["at_bound"] == [1.0]
     assert corner["mode_mean"][0] > 0.99 and corner["dataset_action_mean"] == before["dataset_action_mean"]
+    assert abs(corner["loc_slope"][0] - (1 - math.tanh(5.0) ** 2)) < 1e-6
+
+    rows = probe.imagined_rewards(str(run), batch_size=2)
+    assert list(rows) == ["actor mode", "actor sample", "dataset", "uniform"]
+    for row in rows.values():
+        assert abs(row["imagined reward"] - 0.25) < 1e-6 and row["u"] > 0
+        assert abs(row["lmbda * u"] - 10.0 * row["u"]) < 1e-9
+    assert math.isfinite(rows["dataset"]["dataset reward"]) and "dataset reward" not in rows["uniform"]
+
+    x = torch.arange(2 * 5 * 1.0).reshape(2, 5, 1)
+    windows = probe.windows(x, 3)  # every start with 3 steps after it: t = 0, 1, 2 of each row
+    assert windows.shape == (6, 3, 1) and windows[4, :, 0].tolist() == x[1, 1:4, 0].tolist()
