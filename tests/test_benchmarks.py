@@ -145,3 +145,48 @@ def test_actor_on_dataset_finds_an_actor_that_acts_alike_in_every_state(tmp_path
     x = torch.arange(2 * 5 * 1.0).reshape(2, 5, 1)
     windows = probe.windows(x, 3)  # every start with 3 steps after it: t = 0, 1, 2 of each row
     assert windows.shape == (6, 3, 1) and windows[4, :, 0].tolist() == x[1, 1:4, 0].tolist()
+
+
+def test_fresh_actor_copies_an_offline_run_with_a_new_actor_that_the_recipe_trains_on(tmp_path):
+    """The new run holds the old run's world model, critic and progress with a fresh actor (and no
+    Adam moments for it); the recipe re-run with the printed settings resumes it and trains the
+    fresh actor the extra updates; the old run is untouched."""
+    import pytest
+    import torch
+
+    from coworld_trl.training import OfflineDV2Config, recipe_config, run_offline_dv2
+    from coworld_trl.training.checkpoint import load_checkpoint
+
+    settings = dict(
+        model=dict(stoch=4, classes=4, deter=32, hidden=32, cnn_depth=16, mlp_units=32, ensemble=3),
+        data=dict(batch_size=2, seq_len=8), train=dict(device="cpu", threads=1),
+        eval=dict(every_updates=10**6, episodes=1, video=False), schedule=dict(updates=2),
+        target=dict(name="dmc/cartpole_swingup", action_repeat=8, fast_render=True),
+        make_dataset_episodes=2, dataset=str(tmp_path / "ds" / "medium-replay"))
+    run, new_run = tmp_path / "run", tmp_path / "fresh"
+    run_offline_dv2(recipe_config(OfflineDV2Config, "quick", **settings, output_dir=str(run)))
+    before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
+
+    probe = load("fresh_actor")
+    assert probe.main([str(run), str(new_run), "--updates", "3"]) == 5
+    old, new = load_checkpoint(run / "checkpoint.pt"), load_checkpoint(new_run / "checkpoint.pt")
+    actor = [k for k in old["agent"]["modules"] if k.startswith(probe.ACTOR)]
+    assert actor and all(not torch.equal(old["agent"]["modules"][k], new["agent"]["modules"][k]) for k in actor)
+    assert all(torch.equal(v, new["agent"]["modules"][k]) for k, v in old["agent"]["modules"].items() if k not in actor)
+    assert new["agent"]["optimizers"]["actor"]["state"] == {} and old["agent"]["optimizers"]["actor"]["state"]
+    torch.testing.assert_close(new["agent"]["optimizers"]["world_model"], old["agent"]["optimizers"]["world_model"],
+                               rtol=0, atol=0)
+    assert old["progress"]["finished"] and not new["progress"]["finished"] and new["progress"]["updates"] == 2
+
+    with pytest.raises(SystemExit, match="exists"):
+        probe.fresh_actor(run, new_run, updates=3)
+    with pytest.raises(SystemExit, match="--updates 0"):
+        probe.fresh_actor(run, tmp_path / "other", updates=0)
+    assert not (tmp_path / "other").exists()
+
+    progress = run_offline_dv2(recipe_config(OfflineDV2Config, "quick", **{**settings, "schedule": dict(updates=5)},
+                                             output_dir=str(new_run)))
+    assert progress.updates == 5 and progress.finished
+    trained = load_checkpoint(new_run / "checkpoint.pt")["agent"]["modules"]
+    assert any(not torch.equal(trained[k], new["agent"]["modules"][k]) for k in actor)
+    assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == before
