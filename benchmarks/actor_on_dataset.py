@@ -22,18 +22,25 @@ prints the mean imagined reward per step and, for a world model with an ensemble
 ``dataset reward`` is the reward the dataset recorded on the same steps. An actor whose imagined
 reward is far above what its evaluations earned exploits the model; one whose ``u`` is below
 the dataset actions' is where the penalty cannot flag it.
+
+Last (``imagined_against_simulator``), the same question on the states the actor itself visits:
+one evaluation episode in the simulator, and from every state it acted from, the mean reward the
+model imagines for ``H`` steps of the actor's mode against the reward the simulator gave on the
+same ``H`` steps.
 """
 from __future__ import annotations
 
 import argparse
 
 import torch
+from torchrl.envs.utils import ExplorationType, set_exploration_type
 
 from coworld_trl.modules.networks import Actor
-from coworld_trl.modules.policy import policy_distribution
-from coworld_trl.training.evaluate import load_run_agent
+from coworld_trl.modules.policy import latent_state_primer, policy_distribution
 from coworld_trl.objectives.uncertainty import RewardUncertaintyPenalty
-from coworld_trl.training.factory import dataset_sampler, open_target_dataset
+from coworld_trl.training.evaluate import load_run_agent
+from coworld_trl.training.evaluation import MAX_EPISODE_STEPS
+from coworld_trl.training.factory import EVAL_SEED_OFFSET, dataset_sampler, make_run_env, open_target_dataset
 
 
 def observed_batch(run: str, *, batch_size: int, seed: int):
@@ -75,10 +82,24 @@ def windows(x: torch.Tensor, horizon: int) -> torch.Tensor:
     return x.unfold(1, horizon, 1).movedim(-1, 2).flatten(0, 1)
 
 
+def rollout_in_model(agent, stoch: torch.Tensor, deter: torch.Tensor, act, horizon: int):
+    """The model's prior rolled ``horizon`` steps from ``[N]`` states, ``act(step, features)``
+    choosing the actions: ``(reward [N, H], deter [N, H, deter])``."""
+    rssm, features, deters = agent.world_model.rssm, [], []
+    for step in range(horizon):
+        deter, _, stoch = rssm.img_step(stoch, deter, act(step, rssm.features(stoch, deter)))
+        deters.append(deter)
+        features.append(rssm.features(stoch, deter))
+    return agent.world_model.reward_head(torch.stack(features, 1)), torch.stack(deters, 1)
+
+
+def actor_mode(agent):
+    return lambda step, features: policy_distribution(agent.actor, features).mode
+
+
 def imagined_rewards(run: str, *, batch_size: int = 4, seed: int = 0) -> dict[str, dict[str, float]]:
     agent, config, batch = observed_batch(run, batch_size=batch_size, seed=seed)
-    world_model, horizon = agent.world_model, config.agent.horizon
-    rssm = world_model.rssm
+    horizon = config.agent.horizon
     if batch.shape[1] < horizon:
         raise SystemExit(f"error: sequences of {batch.shape[1]} steps are shorter than the horizon {horizon}")
     starts = batch.shape[1] - horizon + 1  # the start states with H dataset steps after them
@@ -86,32 +107,48 @@ def imagined_rewards(run: str, *, batch_size: int = 4, seed: int = 0) -> dict[st
     deter = batch["deter"][:, :starts].flatten(0, 1)
     dataset_actions = windows(batch["action"], horizon)
     penalty = agent.reward_penalty if isinstance(agent.reward_penalty, RewardUncertaintyPenalty) else None
-
-    def policy(kind: str):
-        def act(step: int, features: torch.Tensor) -> torch.Tensor:
-            if kind == "dataset":
-                return dataset_actions[:, step]
-            if kind == "uniform":
-                return torch.rand_like(dataset_actions[:, step]) * 2 - 1
-            dist = policy_distribution(agent.actor, features)
-            return dist.mode if kind == "actor mode" else dist.sample()
-        return act
-
+    policies = {
+        "actor mode": actor_mode(agent),
+        "actor sample": lambda step, features: policy_distribution(agent.actor, features).sample(),
+        "dataset": lambda step, features: dataset_actions[:, step],
+        "uniform": lambda step, features: torch.rand_like(dataset_actions[:, step]) * 2 - 1,
+    }
     out = {}
     with torch.no_grad():
-        for kind in ("actor mode", "actor sample", "dataset", "uniform"):
-            act, s, h, deters, features = policy(kind), stoch, deter, [], []
-            for step in range(horizon):
-                h, _, s = rssm.img_step(s, h, act(step, rssm.features(s, h)))
-                deters.append(h)
-                features.append(rssm.features(s, h))
-            row = {"imagined reward": world_model.reward_head(torch.stack(features, 1)).mean().item()}
+        for kind, act in policies.items():
+            reward, deters = rollout_in_model(agent, stoch, deter, act, horizon)
+            row = {"imagined reward": reward.mean().item()}
             if penalty is not None:
-                u = penalty.uncertainty(rssm.ensemble_stats(torch.stack(deters, 1))).mean().item()
+                u = penalty.uncertainty(agent.world_model.rssm.ensemble_stats(deters)).mean().item()
                 row.update({"u": u, "lmbda * u": penalty.lmbda * u})
             out[kind] = row
         out["dataset"]["dataset reward"] = windows(batch["next", "reward"], horizon).mean().item()
     return out
+
+
+def imagined_against_simulator(run: str, *, seed: int = 0) -> dict[str, float]:
+    """One evaluation episode of the run's agent (its evaluation env and action); from every
+    posterior state it acted from with ``H`` steps after it, the model imagines ``H`` steps of
+    the actor's mode. Returns the mean imagined reward per step and the mean reward the
+    simulator gave on the same ``H`` steps of the episode, and the number of start states."""
+    torch.manual_seed(seed)
+    schedule, config = load_run_agent(run)
+    agent, env_name = schedule.evaluated()
+    world_model, horizon = agent.world_model, config.agent.horizon
+    env_config = config.env if hasattr(config, "env") else config.target
+    env = make_run_env(env_config, config.train.seed + EVAL_SEED_OFFSET, name=env_name,
+                       action_dim=world_model.action_dim)
+    env.append_transform(latent_state_primer(world_model))
+    with torch.no_grad(), set_exploration_type(ExplorationType.DETERMINISTIC):
+        episode = env.rollout(MAX_EPISODE_STEPS, agent.policy(), break_when_any_done=True)
+        starts = episode.shape[0] - horizon + 1
+        if starts < 1:
+            raise SystemExit(f"error: the episode has {episode.shape[0]} steps, fewer than the horizon {horizon}")
+        reward, _ = rollout_in_model(agent, episode["latent_stoch"][:starts], episode["latent_deter"][:starts],
+                                     actor_mode(agent), horizon)
+    simulator = episode["next", "reward"].reshape(1, -1, 1)
+    return {"imagined reward": reward.mean().item(),
+            "simulator reward": windows(simulator, horizon).mean().item(), "starts": float(starts)}
 
 
 def main() -> None:
@@ -128,6 +165,9 @@ def main() -> None:
         print("  imagined H steps from the dataset's states, means per step:")
         for kind, row in imagined_rewards(run, batch_size=args.batch_size, seed=args.seed).items():
             print(f"  {kind:20s} " + "  ".join(f"{name} {value:+.4f}" for name, value in row.items()))
+        row = imagined_against_simulator(run, seed=args.seed)
+        print(f"  the actor's mode in the simulator, {row['starts']:.0f} visited states, means per step over H steps:")
+        print(f"  {'':20s} imagined reward {row['imagined reward']:+.4f}  simulator reward {row['simulator reward']:+.4f}")
 
 
 if __name__ == "__main__":

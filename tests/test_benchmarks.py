@@ -103,7 +103,8 @@ def test_actor_on_dataset_finds_an_actor_that_acts_alike_in_every_state(tmp_path
     """A tiny Offline DV2 run whose actor's last layer is then set to one location (+5 before tanh)
     whatever the state: its mode on the dataset's states is at +1, one sign, at the bound, in every
     state, with the location's slope 1 - tanh(5)^2. Its reward head then set to a constant c: every
-    action source's imagined reward is c, and the penalty is lmbda times the heads' disagreement."""
+    action source's imagined reward is c, on dataset states and on the states of a simulator episode,
+    and the penalty is lmbda times the heads' disagreement."""
     import torch
 
     from coworld_trl.training import OfflineDV2Config, recipe_config, run_offline_dv2
@@ -141,6 +142,12 @@ def test_actor_on_dataset_finds_an_actor_that_acts_alike_in_every_state(tmp_path
         assert abs(row["imagined reward"] - 0.25) < 1e-6 and row["u"] > 0
         assert abs(row["lmbda * u"] - 10.0 * row["u"]) < 1e-9
     assert math.isfinite(rows["dataset"]["dataset reward"]) and "dataset reward" not in rows["uniform"]
+
+    # One evaluation episode: 1,000 frames at action repeat 8 = 125 steps, 123 with 3 steps after them.
+    simulated = probe.imagined_against_simulator(str(run))
+    assert simulated["starts"] == 123 and abs(simulated["imagined reward"] - 0.25) < 1e-6
+    assert 0 <= simulated["simulator reward"] <= 8  # cartpole: at most 1 per frame
+    assert probe.imagined_against_simulator(str(run)) == simulated  # deterministic episode
 
     x = torch.arange(2 * 5 * 1.0).reshape(2, 5, 1)
     windows = probe.windows(x, 3)  # every start with 3 steps after it: t = 0, 1, 2 of each row
