@@ -51,7 +51,9 @@ def fresh_actor(run: str | Path, new_run: str | Path, *, updates: int, seed: int
     state["progress"].update(finished=False, phase="joint" if config.schedule.world_model_updates == 0 else "behaviour")
     stored = yaml.safe_load((run / "config.yaml").read_text())
     stored["output_dir"] = str(new_run)
-    stored["schedule"]["updates"] = state["progress"]["updates"] + updates
+    # schedule.updates counts actor-critic updates (a two-stage run's progress "updates" also counts its
+    # world-model stage).
+    stored["schedule"]["updates"] = state["progress"]["behaviour_updates"] + updates
     new_run.mkdir(parents=True)
     try:
         (new_run / "config.yaml").write_text(yaml.safe_dump(stored, sort_keys=False))

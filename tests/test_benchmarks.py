@@ -197,3 +197,12 @@ def test_fresh_actor_copies_an_offline_run_with_a_new_actor_that_the_recipe_trai
     trained = load_checkpoint(new_run / "checkpoint.pt")["agent"]["modules"]
     assert any(not torch.equal(trained[k], new["agent"]["modules"][k]) for k in actor)
     assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == before
+
+    # A two-stage run: schedule.updates counts actor-critic updates only, and the copy resumes on the frozen model.
+    two_stage = {**settings, "schedule": dict(updates=2, world_model_updates=2)}
+    run_offline_dv2(recipe_config(OfflineDV2Config, "quick", **two_stage, output_dir=str(tmp_path / "two")))
+    assert probe.fresh_actor(tmp_path / "two", tmp_path / "two_fresh", updates=3) == 5
+    assert load_checkpoint(tmp_path / "two_fresh" / "checkpoint.pt")["progress"]["phase"] == "behaviour"
+    progress = run_offline_dv2(recipe_config(OfflineDV2Config, "quick", **{**two_stage, "schedule": dict(
+        updates=5, world_model_updates=2)}, output_dir=str(tmp_path / "two_fresh")))
+    assert progress.behaviour_updates == 5 and progress.world_model_updates == 2

@@ -248,7 +248,7 @@ def test_every_fires_once_per_interval_and_remembers_when():
     assert not resumed(8) and resumed(9)
 
 
-def test_metric_aggregator_averages_each_prefix_over_the_interval_and_counts_skips():
+def test_metric_aggregator_averages_each_metric_over_the_interval_and_counts_skips():
     metrics = MetricAggregator()
     for value, skipped in ((1.0, 0.0), (3.0, 1.0)):
         metrics.add("target", TensorDict(loss_image=torch.tensor(value), skipped_world_model=torch.tensor(skipped)))
@@ -258,6 +258,18 @@ def test_metric_aggregator_averages_each_prefix_over_the_interval_and_counts_ski
                        "train/loss_actor": 3.0}
     assert skipped == 1
     assert metrics.flush() == ({}, 0)
+
+    # Phases that log different metrics in one interval (a two-stage run's world-model, then
+    # actor-critic updates): each metric is averaged over the updates that logged it.
+    metrics.add("", TensorDict(loss_image=torch.tensor(1.0), skipped_world_model=torch.tensor(1.0)))
+    metrics.add("", TensorDict(loss_image=torch.tensor(3.0), skipped_world_model=torch.tensor(0.0)))
+    for value in (2.0, 4.0, 6.0):
+        metrics.add("", TensorDict(loss_actor=torch.tensor(value), skipped_actor=torch.tensor(value == 6.0)))
+    metrics.add("", TensorDict(loss_actor=torch.tensor(8.0), loss_image=torch.tensor(5.0)))
+    scalars, skipped = metrics.flush()
+    assert scalars == {"train/loss_image": 3.0, "train/skipped_world_model": 0.5, "train/loss_actor": 5.0,
+                       "train/skipped_actor": 1 / 3}
+    assert skipped == 2
 
 
 # ===================================================================== online loop

@@ -98,35 +98,41 @@ class Every:
 class MetricAggregator:
     """Per-prefix sums of detached metric TensorDicts, averaged when flushed.
 
-    Keys starting with ``skipped_`` (an optimiser step the agent skipped on a non-finite
-    loss) are also counted, so the run can report how many updates it skipped.
+    Each metric is averaged over the updates that logged it: a schedule's phases may log
+    different metrics within one interval (a two-stage run's world-model updates, then its
+    actor-critic updates). Keys starting with ``skipped_`` (an optimiser step the agent skipped
+    on a non-finite loss) are also counted, so the run can report how many updates it skipped.
     """
 
     def __init__(self):
-        self._sums: dict[str, TensorDictBase] = {}
-        self._counts: dict[str, int] = {}
+        # (prefix, the metrics' keys) -> their sum over the interval and the number of updates
+        self._sums: dict[tuple[str, tuple[str, ...]], TensorDictBase] = {}
+        self._counts: dict[tuple[str, tuple[str, ...]], int] = {}
 
     def add(self, prefix: str, metrics: TensorDictBase) -> None:
         metrics = metrics.apply(lambda x: x.detach().float().mean())
-        if prefix in self._sums:
-            self._sums[prefix] += metrics
-            self._counts[prefix] += 1
+        group = (prefix, tuple(sorted(metrics.keys())))
+        if group in self._sums:
+            self._sums[group] += metrics
+            self._counts[group] += 1
         else:
-            self._sums[prefix], self._counts[prefix] = metrics, 1
+            self._sums[group], self._counts[group] = metrics, 1
 
     def flush(self) -> tuple[dict[str, float], int]:
         """``({"train/<prefix>_<key>": mean}, skipped updates)`` since the last flush."""
-        scalars, skipped = {}, 0
-        for prefix, sums in self._sums.items():
-            count = self._counts[prefix]
-            values = {key: value.item() for key, value in sums.to("cpu").items()}  # the interval's one sync
+        totals, skipped = {}, 0  # name -> [sum, updates]
+        for group, sums in self._sums.items():
+            prefix, count = group[0], self._counts[group]
+            values = {key: value.item() for key, value in sums.to("cpu").items()}  # one sync per group
             # An update is skipped when any of its optimiser steps is.
             skipped += round(max((v for k, v in values.items() if k.startswith("skipped_")), default=0.0))
             for key, value in values.items():
-                scalars[f"train/{prefix}_{key}" if prefix else f"train/{key}"] = value / count
+                total = totals.setdefault(f"train/{prefix}_{key}" if prefix else f"train/{key}", [0.0, 0])
+                total[0] += value
+                total[1] += count
         self._sums.clear()
         self._counts.clear()
-        return scalars, skipped
+        return {name: value / count for name, (value, count) in totals.items()}, skipped
 
 
 class RunInterrupted(CoWorldError):
