@@ -10,8 +10,9 @@ sequences is observed (posterior states) and, per action dimension, this prints 
 actor's mode over those states, the share of states where the mode has its majority sign (1.0:
 the same sign in every state), the share at the bound (|a| >= 0.99) and the dataset's mean action
 on the same steps; for the library's truncated-Normal actor also the slope ``1 - loc^2``
-through which its gradient reaches the location (near 0: saturated) and the scale. A mode with one sign and at the bound everywhere is a policy that acts alike
-in every state (docs/results.md, issue 13).
+through which its gradient reaches the location (near 0: saturated) and the scale. A mode with
+one sign and at the bound everywhere is a policy that acts alike in every state
+(docs/results.md, issue 13).
 
 Then (``imagined_rewards``) what the world model says of those actions: from every posterior
 state ``s_t`` of the batch with ``H`` (the agent's horizon) dataset steps after it, the model's
@@ -36,11 +37,11 @@ import torch
 from torchrl.envs.utils import ExplorationType, set_exploration_type
 
 from coworld_trl.modules.networks import Actor
-from coworld_trl.modules.policy import latent_state_primer, policy_distribution
+from coworld_trl.modules.policy import policy_distribution
 from coworld_trl.objectives.uncertainty import RewardUncertaintyPenalty
 from coworld_trl.training.evaluate import load_run_agent
 from coworld_trl.training.evaluation import MAX_EPISODE_STEPS
-from coworld_trl.training.factory import EVAL_SEED_OFFSET, dataset_sampler, make_run_env, open_target_dataset
+from coworld_trl.training.factory import dataset_sampler, make_eval_env, open_target_dataset
 
 
 def observed_batch(run: str, *, batch_size: int, seed: int):
@@ -134,11 +135,8 @@ def imagined_against_simulator(run: str, *, seed: int = 0) -> dict[str, float]:
     torch.manual_seed(seed)
     schedule, config = load_run_agent(run)
     agent, env_name = schedule.evaluated()
-    world_model, horizon = agent.world_model, config.agent.horizon
-    env_config = config.env if hasattr(config, "env") else config.target
-    env = make_run_env(env_config, config.train.seed + EVAL_SEED_OFFSET, name=env_name,
-                       action_dim=world_model.action_dim)
-    env.append_transform(latent_state_primer(world_model))
+    horizon = config.agent.horizon
+    env = make_eval_env(config, agent, env_name)
     with torch.no_grad(), set_exploration_type(ExplorationType.DETERMINISTIC):
         episode = env.rollout(MAX_EPISODE_STEPS, agent.policy(), break_when_any_done=True)
         starts = episode.shape[0] - horizon + 1

@@ -56,12 +56,19 @@ def make_replay(path: Path, data: DataConfig, *, device: torch.device | None = N
                         device=device if data.replay_on_device else None)
 
 
+def make_eval_env(config, agent, env_name: str) -> EnvBase:
+    """The env evaluations run ``agent`` in: ``env_name`` with the run's settings and evaluation
+    seed, carrying the policy's latent state."""
+    env_config = config.env if hasattr(config, "env") else config.target
+    env = make_run_env(env_config, config.train.seed + EVAL_SEED_OFFSET, name=env_name,
+                       action_dim=agent.world_model.action_dim)
+    env.append_transform(latent_state_primer(agent.world_model))
+    return env
+
+
 def make_evaluator(config, agent, env_name: str, *, logger: Logger, device: torch.device) -> Evaluator:
     """Evaluation episodes of ``agent`` on ``env_name``: return, success, value bias, actor spread, one video."""
-    env_config = config.env if hasattr(config, "env") else config.target
-    action_dim = agent.world_model.action_dim
-    env = make_run_env(env_config, config.train.seed + EVAL_SEED_OFFSET, name=env_name, action_dim=action_dim)
-    env.append_transform(latent_state_primer(agent.world_model))
+    env = make_eval_env(config, agent, env_name)
     world_model = agent.world_model
 
     def features(rollout: TensorDictBase) -> torch.Tensor:  # of the posterior states the policy acted from
