@@ -147,6 +147,38 @@ def test_aggregate_writes_the_paper_table_in_markdown_latex_and_json(tmp_path, c
         capsys, "aggregate", runs, "--normalize", tmp_path / "partial.json")
 
 
+def test_unfinished_runs_are_marked_left_out_of_final_scores_or_compared_at_one_point(tmp_path, capsys):
+    """A run whose status.json says unfinished has no final score: ``table`` marks it with its
+    progress and leaves it out of the summary; ``aggregate`` refuses it unless ``--at`` scores
+    every run at one evaluation point (here agent_updates 20, which both seeds have)."""
+    runs = tmp_path / "runs"
+    for seed, returns in ((0, [1.0, 4.0, 6.0]), (1, [2.0, 8.0])):
+        path = recipe_run(runs, "offline_dv2_quick", TASKS[0], seed, returns)
+        records = [{**json.loads(line), "agent_updates": 10 * (i + 1)}
+                   for i, line in enumerate((path / "results.jsonl").read_text().splitlines())]
+        (path / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+        done = len(returns) == 3
+        (path / "status.json").write_text(json.dumps({"finished": done, "done": 10 * len(returns), "total": 30,
+                                                      "unit": "update"}))
+    out = report(capsys, "table", runs)
+    assert "| offline_dv2_quick/seed1 (unfinished: 67% of 30 updates) | 2.00 / 8.00 | 8.00 +- 1.00 | - |" in out
+    assert ("- dmc/walker_downhill offline_dv2_quick: n = 1, final return 6.00 (mean +- std over seeds); "
+            "1 unfinished run left out") in out
+    err = refused(capsys, "aggregate", runs)
+    assert "offline_dv2_quick/seed1 is not finished (67% of 30 updates)" in err and "--at agent_updates=N" in err
+    out = report(capsys, "aggregate", runs, "--at", "agent_updates=20", "--json", tmp_path / "at.json")
+    assert out.startswith("eval/return_mean: evaluation at agent_updates=20, mean ± std over seeds")
+    assert "| offline_dv2_quick | **6.0 ± 2.0** | **6.0** |" in out  # seeds 4 and 8
+    assert json.loads((tmp_path / "at.json").read_text())["methods"]["offline_dv2_quick"]["tasks"][TASKS[0]][
+        "scores"] == [4.0, 8.0]
+    assert "seed1 has no evaluation at agent_updates=30 (it has 10, 20); choose a point every run has" in refused(
+        capsys, "aggregate", runs, "--at", "agent_updates=30")
+    assert "--at 'agent_updates'" in refused(capsys, "aggregate", runs, "--at", "agent_updates")
+    assert "--at 'steps=10': use COUNTER=N" in refused(capsys, "aggregate", runs, "--at", "steps=10")
+    assert "has no counter 'target_updates'" in refused(capsys, "aggregate", runs, "--at", "target_updates=10")
+    assert "seed1 is not finished (67% of 30 updates)" in refused(capsys, "value", path, "-o", tmp_path / "v.png")
+
+
 # ======================================================================== figures
 def test_learning_curves_with_bands_and_their_numbers(tmp_path, capsys):
     """Mean over seeds per evaluation point, the band inside the seeds' range; seeds evaluated at

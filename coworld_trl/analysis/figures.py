@@ -99,12 +99,12 @@ def value_overestimation(runs: list[Run], output: Path) -> list[dict]:
     for ax, (task, methods) in zip(axes, tasks.items()):
         for method, members in methods.items():
             for run in members:
-                if any(k not in run.results[-1] for k in VALUE_KEYS):
+                if any(k not in run.evaluation() for k in VALUE_KEYS):
                     raise RunFolderError(f"{run.path}/results.jsonl has no eval/value_estimate and eval/value_true (an "
                                          f"agent without a critic, or evaluated before they were recorded); "
                                          f"evaluate its checkpoint with this version")
-            estimate = [run.results[-1]["eval/value_estimate"] for run in members]
-            true = [run.results[-1]["eval/value_true"] for run in members]
+            estimate = [run.final("eval/value_estimate") for run in members]
+            true = [run.final("eval/value_true") for run in members]
             rows.append({"task": task, "method": method, "seeds": [r.seed for r in members],
                          "estimate_mean": statistics.mean(estimate), "estimate_std": statistics.pstdev(estimate),
                          "true_mean": statistics.mean(true), "true_std": statistics.pstdev(true),

@@ -78,13 +78,43 @@ class Run:
     def label(self) -> str:
         return f"{self.task} {self.method}" if self.task else self.method
 
-    def final(self, metric: str) -> float:
-        """``metric`` of the last evaluation."""
-        last = self.results[-1]
-        if metric not in last:
-            have = ", ".join(k for k in last if k.startswith("eval/") and isinstance(last[k], (int, float)))
-            raise RunFolderError(f"{self.path}/results.jsonl has no {metric!r} in its last evaluation; use one of {have}")
-        return float(last[metric])
+    @property
+    def unfinished(self) -> str | None:
+        """How far an unfinished run is (``"51% of 2000 updates"``); ``None`` for a finished run or
+        one without ``status.json`` (written before the experiment layer kept one)."""
+        status = self.status
+        if status is None or status["finished"]:
+            return None
+        return f"{100 * status['done'] / max(status['total'], 1):.0f}% of {status['total']} {status['unit']}s"
+
+    def evaluation(self, at: tuple[str, float] | None = None) -> dict:
+        """The final evaluation record (refused for an unfinished run), or with ``at = (counter,
+        value)`` the one whose ``counter`` is ``value`` (``("agent_updates", 1000)``: every
+        agent's runs compared at one point, finished or not)."""
+        if at is None:
+            if self.unfinished:
+                raise RunFolderError(f"{self.path} is not finished ({self.unfinished}), so its last evaluation is no "
+                                     f"final score; re-run it to finish, pass finished runs only, or score every run "
+                                     f"at one point with 'report aggregate --at agent_updates=N'")
+            return self.results[-1]
+        counter, value = at
+        points = [r.get(counter) for r in self.results]
+        if counter not in self.results[-1]:
+            raise RunFolderError(f"{self.path}/results.jsonl has no counter {counter!r}; use --at with one of "
+                                 f"{', '.join(k for k in self.results[-1] if k.endswith(('frames', 'updates')))}")
+        if value not in points:
+            raise RunFolderError(f"{self.path} has no evaluation at {counter}={value:g} (it has "
+                                 f"{', '.join(f'{p:g}' for p in points if p is not None)}); choose a point every run has")
+        return self.results[points.index(value)]
+
+    def final(self, metric: str, at: tuple[str, float] | None = None) -> float:
+        """``metric`` of the final evaluation (or of the one at ``at``, see :meth:`evaluation`)."""
+        record = self.evaluation(at)
+        if metric not in record:
+            have = ", ".join(k for k in record if k.startswith("eval/") and isinstance(record[k], (int, float)))
+            raise RunFolderError(f"{self.path}/results.jsonl has no {metric!r} in its "
+                                 f"{'last evaluation' if at is None else 'evaluation at %s=%g' % at}; use one of {have}")
+        return float(record[metric])
 
 
 def load_run(path: str | Path, *, need_results: bool = True) -> Run:

@@ -14,25 +14,30 @@ from coworld_trl.analysis.stats import STATISTICS, Estimate, stratified_bootstra
 
 def runs_table(runs: list[Run]) -> str:
     """A markdown table of each run's evaluations (return and, where logged, value bias), then the
-    mean and std over seeds of the final evaluation per setup."""
+    mean and std over seeds of the final evaluation per setup. An unfinished run is marked with
+    its progress and left out of its setup's summary: its last evaluation is no final score."""
     lines = ["| run | eval return, per evaluation | final return (mean +- std over episodes) "
              "| value bias, per evaluation |", "|---|---|---|---|"]
     for run, name in zip(runs, relative_names(runs)):
         returns = " / ".join(f"{r['eval/return_mean']:.2f}" for r in run.results)
         biases = " / ".join(f"{r['eval/value_bias']:+.2f}" for r in run.results if "eval/value_bias" in r) or "-"
         last = run.results[-1]
+        name += f" (unfinished: {run.unfinished})" if run.unfinished else ""
         lines.append(f"| {name} | {returns} | {last['eval/return_mean']:.2f} +- {last['eval/return_std']:.2f} "
                      f"| {biases} |")
     lines.append("")
     for members in group_runs(runs).values():
-        parts = [f"{members[0].label}: n = {len(members)}"]
+        finished = [r for r in members if not r.unfinished]
+        parts = [f"{members[0].label}: n = {len(finished)}"]
         for key, name in (("eval/return_mean", "final return"), ("eval/value_bias", "final value bias")):
-            values = [r.results[-1][key] for r in members if key in r.results[-1]]
+            values = [r.results[-1][key] for r in finished if key in r.results[-1]]
             if values:
                 spread = f" +- {statistics.stdev(values):.2f}" if len(values) > 1 else ""
                 sign = "+" if key == "eval/value_bias" else ""
                 parts.append(f"{name} {statistics.mean(values):{sign}.2f}{spread}")
-        lines.append("- " + ", ".join(parts) + " (mean +- std over seeds)")
+        running = len(members) - len(finished)
+        summary = ", ".join(parts) + " (mean +- std over seeds)" if finished else f"{members[0].label}: no finished run"
+        lines.append(f"- {summary}" + (f"; {running} unfinished run{'s' * (running > 1)} left out" if running else ""))
     return "\n".join(lines)
 
 
@@ -81,11 +86,15 @@ class Aggregate:
 
 
 def aggregate(runs: list[Run], *, metric: str = "eval/return_mean", normalize: dict[str, tuple[float, float]] | None = None,
-              names: dict[str, str] | None = None, reps: int = 2000, seed: int = 0) -> Aggregate:
+              names: dict[str, str] | None = None, reps: int = 2000, seed: int = 0,
+              at: tuple[str, float] | None = None) -> Aggregate:
     """Final ``metric`` of every run, per method and task, and each method's IQM and mean over
-    all its (seed, task) scores with 95% stratified-bootstrap CIs.
+    all its (seed, task) scores with 95% stratified-bootstrap CIs. An unfinished run is refused
+    unless ``at`` scores every run at one point.
 
     Keyword Args:
+        at: ``(counter, value)``: each run's score is its evaluation where ``counter`` (a
+            results.jsonl counter such as ``agent_updates``) equals ``value``, finished or not.
         normalize: ``{task: (random, expert)}``: scores become ``(x - random) / (expert - random)``.
         names: display names of the methods and tasks matching shell patterns
             (``{"coworld_paper*": "CoWorld"}``); methods given one name share a row.
@@ -97,7 +106,7 @@ def aggregate(runs: list[Run], *, metric: str = "eval/return_mean", normalize: d
     tasks: list[str] = []
     for (method, task), members in group_runs(runs).items():
         method, task = display(method), display(str(task))
-        scores = [r.final(metric) for r in members]
+        scores = [r.final(metric, at) for r in members]
         if normalize is not None:
             if members[0].task not in normalize:
                 raise RunFolderError(f"no random/expert scores for task {members[0].task!r} in the normalisation "

@@ -4,6 +4,7 @@
     python -m coworld_trl.training.report curve runs/.../results.jsonl -o curve.png --baseline 35
     python -m coworld_trl.training.report table runs/dmc/walker_downhill
     python -m coworld_trl.training.report aggregate runs/dmc --latex table3.tex --json table3.json
+    python -m coworld_trl.training.report aggregate runs/dmc --at agent_updates=1000         # runs in progress
     python -m coworld_trl.training.report curves runs/dmc -o curves.png --x agent_updates --hline 'dataset mean=23.4'
     python -m coworld_trl.training.report value runs/metaworld -o value.png                      # Fig. 5b
     python -m coworld_trl.training.report alignment before/ after/ -o tsne.png                   # Fig. 11
@@ -103,6 +104,22 @@ def parse_names(pairs: list[str]) -> dict[str, str]:
     return names
 
 
+def parse_at(text: str | None) -> tuple[str, float] | None:
+    """``aggregate --at agent_updates=1000`` -> ``("agent_updates", 1000.0)``."""
+    from coworld_trl.analysis.runs import RunFolderError
+
+    if text is None:
+        return None
+    counter, _, value = text.partition("=")
+    try:
+        if counter in X_AXES:
+            return counter, float(value)
+    except ValueError:
+        pass
+    raise RunFolderError(f"--at {text!r}: use COUNTER=N with COUNTER one of {', '.join(X_AXES)}, "
+                         f"e.g. --at agent_updates=1000")
+
+
 def parse_hlines(pairs: list[str]) -> list[dict]:
     """``[TASK:]LABEL=NUMBER`` reference lines: ``{"task": TASK or None (every panel), "label", "value"}``."""
     from coworld_trl.analysis.runs import RunFolderError
@@ -178,6 +195,9 @@ def parser() -> argparse.ArgumentParser:
                                                     "(x - r) / (e - r)")
     agg.add_argument("--name", action="append", default=[], metavar="OLD=NEW", help="display name of the methods or tasks matching OLD (a shell pattern: 'coworld_paper*=CoWorld'); "
                           "methods given one name share a row")
+    agg.add_argument("--at", metavar="COUNTER=N",
+                     help="score every run at the evaluation where COUNTER is N (agent_updates=1000), unfinished "
+                          "runs included; without it unfinished runs are refused")
     agg.add_argument("--digits", type=int, default=1)
     agg.add_argument("--reps", type=int, default=2000, help="bootstrap resamples")
     agg.add_argument("--seed", type=int, default=0, help="bootstrap RNG seed")
@@ -237,9 +257,11 @@ def run(args) -> str:
         return text
     if args.command == "aggregate":
         normalize = read_normalization(args.normalize) if args.normalize else None
+        at = parse_at(args.at)
         result = tables.aggregate(load_runs(args.runs), metric=args.metric, normalize=normalize,
-                                  names=parse_names(args.name), reps=args.reps, seed=args.seed)
-        text = (f"{args.metric}{' (normalised)' if normalize else ''}: final evaluation, mean ± std over seeds\n\n"
+                                  names=parse_names(args.name), reps=args.reps, seed=args.seed, at=at)
+        point = "final evaluation" if at is None else "evaluation at %s=%g" % at
+        text = (f"{args.metric}{' (normalised)' if normalize else ''}: {point}, mean ± std over seeds\n\n"
                 f"{tables.paper_table(result, digits=args.digits)}\n\n{tables.estimates_table(result)}")
         if args.markdown:
             args.markdown.write_text(text + "\n")
