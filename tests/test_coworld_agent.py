@@ -76,6 +76,38 @@ def test_ablation_switches_remove_their_terms(make_batch):
     assert linear.penalty.mode == "linear"
 
 
+def test_a_source_critic_above_the_target_everywhere_leaves_the_constraint_inert(make_batch):
+    """Where the source critic is above the target's on every imagined state
+    (``value_exceeds_source`` 0, as measured throughout the Table 3 CoWorld run, docs/results.md),
+    Eq. 6's penalty has no gradient: a target update with the constraint equals the "w/o value
+    constraint" ablation's bit for bit, so that ablation would repeat the run. With the source
+    critic below the target's everywhere the two updates differ."""
+    batch = make_batch(B, T)
+
+    def updated_target(constraint: str, source_value: float):
+        torch.manual_seed(0)
+        agent = make_agent(value_constraint=constraint)
+        for source in agent.sources:
+            with torch.no_grad():
+                list(source.critic.parameters())[-1].fill_(source_value)
+        before = snapshot(agent.target)
+        torch.manual_seed(1)
+        metrics = agent.target_update(batch.clone())
+        assert changed(before, agent.target)
+        return agent.target.state_dict(), metrics
+
+    def equal(a: dict, b: dict) -> bool:
+        return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+    constrained, metrics = updated_target("max", 1e6)
+    ablated, ablated_metrics = updated_target("none", 1e6)
+    assert metrics["value_exceeds_source"].item() == 0.0 and "loss_value_penalty" not in ablated_metrics.keys()
+    assert equal(constrained, ablated)
+    constrained, metrics = updated_target("max", -1e6)
+    assert metrics["value_exceeds_source"].item() == 1.0
+    assert not equal(constrained, updated_target("none", -1e6)[0])
+
+
 def test_choosing_a_source_redirects_alignment_and_value_constraint(make_batch):
     """Eq. 12 picks the source identical to the target; then the target's alignment reads that
     source's encoder (KL 0) and its min-max penalty that source's critic; a checkpoint keeps it."""
