@@ -177,6 +177,9 @@ def test_unfinished_runs_are_marked_left_out_of_final_scores_or_compared_at_one_
     assert "--at 'steps=10': use COUNTER=N" in refused(capsys, "aggregate", runs, "--at", "steps=10")
     assert "has no counter 'target_updates'" in refused(capsys, "aggregate", runs, "--at", "target_updates=10")
     assert "seed1 is not finished (67% of 30 updates)" in refused(capsys, "value", path, "-o", tmp_path / "v.png")
+    report(capsys, "curves", runs, "-o", tmp_path / "c.png", "--x", "agent_updates", "--each-seed")
+    curve = json.loads((tmp_path / "c.json").read_text())["tasks"][TASKS[0]]["offline_dv2_quick"]
+    assert curve["x"] == [10.0, 20.0] and curve["mean"] == [1.5, 6.0] and curve["unfinished_seeds"] == [1]
 
 
 # ======================================================================== figures

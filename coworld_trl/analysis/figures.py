@@ -42,7 +42,8 @@ def _subplots(count: int, *, width: float = 5.0, height: float = 3.6):
 def learning_curves(runs: list[Run], output: Path, *, metric: str = "eval/return_mean", x: str = "frames",
                     reps: int = 2000, seed: int = 0, hlines: list[dict] = (), each_seed: bool = False) -> dict:
     """Per task a panel, per method the mean over seeds of ``metric`` against ``x`` with its 95%
-    bootstrap band. Seeds are interpolated onto the evaluation points they all cover;
+    bootstrap band (the legend counts the seeds and the unfinished ones among them). Seeds are
+    interpolated onto the evaluation points they all cover;
     ``each_seed`` also draws every seed's own curve over all its evaluations. ``hlines``
     (``{"task": name or None for every panel, "label", "value"}``) are reference lines: a
     dataset's mean return, the random policy's."""
@@ -65,7 +66,9 @@ def learning_curves(runs: list[Run], output: Path, *, metric: str = "eval/return
             grid = np.unique(np.concatenate([v[(v >= lo) & (v <= hi)] for v in xs]))
             curves = np.stack([np.interp(grid, v, y) for v, y in zip(xs, ys)])
             mean, low, high = mean_band(curves, reps=reps, seed=seed)
-            line, = ax.plot(grid, mean, marker="o", markersize=3, label=f"{method} (n={len(members)})")
+            unfinished = [r.seed for r in members if r.unfinished]
+            label = f"{method} (n={len(members)}" + (f", {len(unfinished)} unfinished)" if unfinished else ")")
+            line, = ax.plot(grid, mean, marker="o", markersize=3, label=label)
             if low is not None:
                 ax.fill_between(grid, low, high, alpha=0.2, color=line.get_color())
             if each_seed:
@@ -74,6 +77,7 @@ def learning_curves(runs: list[Run], output: Path, *, metric: str = "eval/return
             numbers.setdefault(str(task), {})[method] = {
                 "x": grid.tolist(), "mean": mean.tolist(), "ci_low": None if low is None else low.tolist(),
                 "ci_high": None if high is None else high.tolist(), "seeds": [r.seed for r in members],
+                "unfinished_seeds": unfinished,
                 "per_seed": {str(r.seed): {"x": v.tolist(), "y": y.tolist()} for r, v, y in zip(members, xs, ys)}}
         mine = [line for line in hlines if line["task"] in (None, str(task))]
         for line, style in zip(mine, ("--", ":", "-.") * len(mine)):
