@@ -143,7 +143,7 @@ def test_medium_replay_cut_keeps_the_episodes_until_the_first_eval_at_a_third_of
         medium_replay_cut([], fraction=1 / 3)
 
 
-def test_collect_medium_replay_without_reference_trains_the_whole_run_and_cuts_at_its_own_best(tmp_path):
+def test_collect_medium_replay_without_reference_trains_the_whole_run_and_cuts_at_its_own_best(tmp_path, capsys):
     """Without collect.reference_score the run goes to train.total_frames; the dataset holds the
     episodes collected until its first evaluation at or above a third of its best, as the metadata says."""
     out, run = tmp_path / "mr", tmp_path / "run"
@@ -159,30 +159,31 @@ def test_collect_medium_replay_without_reference_trains_the_whole_run_and_cuts_a
     assert f"reached at {cut['frames']} of 4000 frames" in meta.source
     assert not (tmp_path / "mr.episodes").exists()
 
-    # The run's checkpoint evaluated again with each action, its folder untouched.
+    # The run's checkpoint evaluated again with each action (the command's main, in this process:
+    # three more interpreters would only repeat the imports), its folder untouched.
+    from coworld_trl.training.evaluate import main as evaluate_main
+
     before = snapshot(run)
     for action in ("mode", "mean", "sample"):
         out_json = tmp_path / f"{action}.json"
-        proc = subprocess.run([sys.executable, "-m", "coworld_trl.training.evaluate", str(run), "--episodes", "2",
-                               "--eval-action", action, "--json", str(out_json)], cwd=tmp_path, capture_output=True,
-                              text=True, timeout=300, env={**os.environ, "MUJOCO_GL": os.environ.get("MUJOCO_GL", "egl")})
-        assert proc.returncode == 0, proc.stderr[-3000:]
+        evaluate_main([str(run), "--episodes", "2", "--eval-action", action, "--json", str(out_json)])
+        stdout = capsys.readouterr().out
         metrics = json.loads(out_json.read_text())
         assert metrics["eval_action"] == action and len(metrics["eval/returns"]) == 2
-        assert f"2 episodes, eval_action={action}: return {metrics['eval/return_mean']:.1f}" in proc.stdout
+        assert f"2 episodes, eval_action={action}: return {metrics['eval/return_mean']:.1f}" in stdout
         assert "eval/value_bias" in metrics and len(metrics["eval/actor_scale"]) == len(metrics["eval/action_at_bound"])
-        assert "actor scale per action dimension: " in proc.stdout
+        assert "actor scale per action dimension: " in stdout
         assert len(metrics["eval/action_std"]) == len(metrics["eval/actor_scale"])
-        assert "spread of the actions taken per action dimension: " in proc.stdout
+        assert "spread of the actions taken per action dimension: " in stdout
     assert snapshot(run) == before  # paths, bytes and mtimes
     (tmp_path / "other").mkdir()
     (tmp_path / "other" / "config.yaml").write_text("target:\n  name: dmc/walker_downhill\n")
     (tmp_path / "other" / "checkpoint.pt").write_bytes(b"")
-    proc = subprocess.run([sys.executable, "-m", "coworld_trl.training.evaluate", str(tmp_path / "other")],
-                          capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 2 and proc.stderr.count("\n") == 1
-    assert "config.yaml is not the config of any recipe (its sections: target)" in proc.stderr
-
+    with pytest.raises(SystemExit) as stop:
+        evaluate_main([str(tmp_path / "other")])
+    err = capsys.readouterr().err
+    assert stop.value.code == 2 and err.count("\n") == 1
+    assert "config.yaml is not the config of any recipe (its sections: target)" in err
 
 
 def test_scripted_policy_acts_in_bounds_and_beats_random():
