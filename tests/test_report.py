@@ -169,6 +169,8 @@ def test_unfinished_runs_are_marked_left_out_of_final_scores_or_compared_at_one_
     out = report(capsys, "aggregate", runs, "--at", "agent_updates=20", "--json", tmp_path / "at.json")
     assert out.startswith("eval/return_mean: evaluation at agent_updates=20, mean ± std over seeds")
     assert "| offline_dv2_quick | **6.0 ± 2.0** | **6.0** |" in out  # seeds 4 and 8
+    out = report(capsys, "aggregate", runs / TASKS[0] / "offline_dv2_quick/seed0")
+    assert "| offline_dv2_quick | **6.0** | **6.0** |" in out  # one seed: no std over seeds
     assert json.loads((tmp_path / "at.json").read_text())["methods"]["offline_dv2_quick"]["tasks"][TASKS[0]][
         "scores"] == [4.0, 8.0]
     assert "seed1 has no evaluation at agent_updates=30 (it has 10, 20); choose a point every run has" in refused(

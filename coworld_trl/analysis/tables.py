@@ -131,9 +131,14 @@ def _best(values: list[float | None]) -> float | None:
     return max(present) if present else None
 
 
+def _spread(cell: Cell | None) -> float | None:
+    """The std over seeds, or ``None`` (no ``+-``) for one seed, whose std says nothing."""
+    return cell.std if cell is not None and len(cell.scores) > 1 else None
+
+
 def paper_table(result: Aggregate, *, digits: int = 1, latex: bool = False) -> str:
-    """Methods x tasks, ``mean +- std`` over seeds, an average column, the best of each column
-    in bold; markdown, or a LaTeX ``tabular`` (booktabs)."""
+    """Methods x tasks, ``mean +- std`` over seeds (the mean alone for one seed), an average
+    column, the best of each column in bold; markdown, or a LaTeX ``tabular`` (booktabs)."""
     methods = list(result.cells)
     columns = [[result.cells[m][t].mean if t in result.cells[m] else None for m in methods] for t in result.tasks]
     columns.append([result.average(m) for m in methods])
@@ -149,7 +154,7 @@ def paper_table(result: Aggregate, *, digits: int = 1, latex: bool = False) -> s
     header = ["Method", *result.tasks, "Avg."]
     rows = []
     for i, method in enumerate(methods):
-        cells = [fmt(col[i], result.cells[method][t].std if t in result.cells[method] else None, col[i] == best[j])
+        cells = [fmt(col[i], _spread(result.cells[method].get(t)), col[i] == best[j])
                  for j, (t, col) in enumerate(zip(result.tasks, columns))]
         cells.append(fmt(columns[-1][i], None, columns[-1][i] is not None and columns[-1][i] == best[-1]))
         rows.append([method, *cells])
