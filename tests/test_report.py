@@ -4,6 +4,7 @@ each figure with the numbers behind it, sweep status, and bad folders refused in
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from pathlib import Path
 
@@ -160,8 +161,14 @@ def test_unfinished_runs_are_marked_left_out_of_final_scores_or_compared_at_one_
         done = len(returns) == 3
         (path / "status.json").write_text(json.dumps({"finished": done, "done": 10 * len(returns), "total": 30,
                                                       "unit": "update"}))
-    out = report(capsys, "table", runs)
+    started = write_run(runs / TASKS[0] / "offline_dv2_quick/seed2", [],  # a job that has not evaluated yet
+                        {"target": {"name": TASKS[0]}, "train": {"seed": 2}})
+    report_main(["table", str(runs)])
+    out, err = capsys.readouterr()
+    assert f"note: left out 1 run without an evaluation yet: {started}" in err and "seed2" not in out
     assert "| offline_dv2_quick/seed1 (unfinished: 67% of 30 updates) | 2.00 / 8.00 | 8.00 +- 1.00 | - |" in out
+    assert "results.jsonl holds no evaluation yet" in refused(capsys, "table", started)  # named: refused
+    shutil.rmtree(started)
     assert ("- dmc/walker_downhill offline_dv2_quick: n = 1, final return 6.00 (mean +- std over seeds); "
             "1 unfinished run left out") in out
     err = refused(capsys, "aggregate", runs)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
@@ -186,8 +187,21 @@ def find_runs(paths: Iterable[str | Path]) -> list[Path]:
 
 
 def load_runs(paths: Iterable[str | Path]) -> list[Run]:
-    """:func:`find_runs`, each read with :func:`load_run`; runs that collide are refused (see :func:`group_runs`)."""
-    runs = [load_run(p) for p in find_runs(paths)]
+    """:func:`find_runs`, each read with :func:`load_run`; runs that collide are refused (see
+    :func:`group_runs`). A run found below a folder that has no evaluation yet (a sweep's job
+    just started) is left out with a note on stderr; one passed by name is refused."""
+    runs, waiting = [], []
+    for path in map(Path, paths):
+        named = (path / "results.jsonl").is_file() or (path / "config.yaml").is_file() or not path.is_dir()
+        for found in find_runs([path]):
+            results = found / "results.jsonl"
+            if not named and (not results.is_file() or not results.read_text().strip()):
+                waiting.append(str(found))
+                continue
+            runs.append(load_run(found))
+    if waiting:
+        print(f"note: left out {len(waiting)} run{'s' * (len(waiting) > 1)} without an evaluation yet: "
+              f"{', '.join(waiting)}", file=sys.stderr)
     group_runs(runs)
     return runs
 
