@@ -211,7 +211,8 @@ def test_learning_curves_with_bands_and_their_numbers(tmp_path, capsys):
 def test_curves_of_every_agent_on_their_shared_update_axis_with_reference_lines(tmp_path, capsys):
     """``--x agent_updates`` puts online, offline and CoWorld runs on one axis; ``--hline`` draws a
     dataset's mean and the random return, in every panel or in one task's, and writes them with
-    the numbers; a malformed line or an unknown task is refused in one line."""
+    the numbers; ``--name`` renames the methods; a malformed line, an unknown task or two methods
+    of one task given one name are refused in one line."""
     runs = tmp_path / "runs"
     for method in ("offline_dv2_quick", "coworld_quick"):
         path = recipe_run(runs, method, TASKS[0], 0, [1.0, 3.0])
@@ -227,6 +228,10 @@ def test_curves_of_every_agent_on_their_shared_update_axis_with_reference_lines(
                                  {"task": TASKS[0], "label": "random", "value": 0.5}]
     assert numbers["x"] == "agent_updates"
     assert numbers["tasks"][TASKS[0]]["coworld_quick"]["x"] == [250.0, 500.0]
+    report(capsys, "curves", runs, "-o", tmp_path / "n.png", "--x", "agent_updates", "--name", "coworld*=CoWorld",
+           "--name", "offline_dv2*=Offline DV2")
+    assert set(json.loads((tmp_path / "n.json").read_text())["tasks"][TASKS[0]]) == {"CoWorld", "Offline DV2"}
+    assert "are both named 'same'" in refused(capsys, "curves", runs, "-o", tmp_path / "d.png", "--name", "*=same")
     for bad in ("dataset mean", "=3", "random=abc", "random=nan", f"{TASKS[0]}:=3"):
         assert f"--hline {bad!r}: use [TASK:]LABEL=NUMBER" in refused(capsys, "curves", runs, "-o", tmp_path / "d.png",
                                                                      "--hline", bad)

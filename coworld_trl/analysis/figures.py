@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from coworld_trl.analysis.runs import Run, RunFolderError, group_runs
+from coworld_trl.analysis.runs import Run, RunFolderError, display_name, group_runs
 from coworld_trl.analysis.stats import mean_band, require
 
 
@@ -40,13 +40,15 @@ def _subplots(count: int, *, width: float = 5.0, height: float = 3.6):
 
 # ----------------------------------------------------------------------- curves
 def learning_curves(runs: list[Run], output: Path, *, metric: str = "eval/return_mean", x: str = "frames",
-                    reps: int = 2000, seed: int = 0, hlines: list[dict] = (), each_seed: bool = False) -> dict:
+                    reps: int = 2000, seed: int = 0, hlines: list[dict] = (), each_seed: bool = False,
+                    names: dict[str, str] | None = None) -> dict:
     """Per task a panel, per method the mean over seeds of ``metric`` against ``x`` with its 95%
     bootstrap band (the legend counts the seeds and the unfinished ones among them). Seeds are
     interpolated onto the evaluation points they all cover;
     ``each_seed`` also draws every seed's own curve over all its evaluations. ``hlines``
     (``{"task": name or None for every panel, "label", "value"}``) are reference lines: a
-    dataset's mean return, the random policy's."""
+    dataset's mean return, the random policy's. ``names``: display names of the methods
+    matching shell patterns (``{"offline_dv2*": "Offline DV2"}``), in the legend and the numbers."""
     numbers = {}
     tasks = _by_task(runs)
     unknown = sorted({line["task"] for line in hlines} - {None, *map(str, tasks)})
@@ -56,6 +58,10 @@ def learning_curves(runs: list[Run], output: Path, *, metric: str = "eval/return
     fig, axes = _subplots(len(tasks))
     for ax, (task, methods) in zip(axes, tasks.items()):
         for method, members in methods.items():
+            shown = display_name(method, names)
+            if shown in numbers.get(str(task), {}):
+                raise RunFolderError(f"two methods on {task} are both named {shown!r} (one is {members[0].path}); "
+                                     f"give them distinct --name")
             for run in members:
                 if any(x not in r or metric not in r for r in run.results):
                     raise RunFolderError(f"{run.path}/results.jsonl has evaluations without {x!r} or {metric!r}; "
@@ -67,14 +73,14 @@ def learning_curves(runs: list[Run], output: Path, *, metric: str = "eval/return
             curves = np.stack([np.interp(grid, v, y) for v, y in zip(xs, ys)])
             mean, low, high = mean_band(curves, reps=reps, seed=seed)
             unfinished = [r.seed for r in members if r.unfinished]
-            label = f"{method} (n={len(members)}" + (f", {len(unfinished)} unfinished)" if unfinished else ")")
+            label = f"{shown} (n={len(members)}" + (f", {len(unfinished)} unfinished)" if unfinished else ")")
             line, = ax.plot(grid, mean, marker="o", markersize=3, label=label)
             if low is not None:
                 ax.fill_between(grid, low, high, alpha=0.2, color=line.get_color())
             if each_seed:
                 for v, y in zip(xs, ys):
                     ax.plot(v, y, color=line.get_color(), alpha=0.4, linewidth=0.8)
-            numbers.setdefault(str(task), {})[method] = {
+            numbers.setdefault(str(task), {})[shown] = {
                 "x": grid.tolist(), "mean": mean.tolist(), "ci_low": None if low is None else low.tolist(),
                 "ci_high": None if high is None else high.tolist(), "seeds": [r.seed for r in members],
                 "unfinished_seeds": unfinished,

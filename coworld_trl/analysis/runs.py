@@ -12,6 +12,7 @@ results); folders without ``config.yaml`` fall back to their layout: ``<setup>/s
 """
 from __future__ import annotations
 
+import fnmatch
 import json
 import os
 import re
@@ -224,6 +225,12 @@ def group_runs(runs: list[Run]) -> dict[tuple[str, str | None], list[Run]]:
                                      f"pass one of them")
         members.append(run)
     return groups
+
+
+def display_name(label: str, names: dict[str, str] | None) -> str:
+    """``names`` maps shell patterns to display names (``{"coworld_paper*": "CoWorld"}``); the
+    first pattern that matches ``label`` names it, else it keeps its own."""
+    return next((new for pattern, new in (names or {}).items() if fnmatch.fnmatchcase(label, pattern)), label)
 
 
 def relative_names(runs: list[Run]) -> list[str]:

@@ -2,13 +2,12 @@
 methods x tasks table with IQM and mean confidence intervals (``report aggregate``)."""
 from __future__ import annotations
 
-import fnmatch
 import statistics
 import time
 from collections import Counter
 from dataclasses import dataclass, field
 
-from coworld_trl.analysis.runs import Run, RunFolderError, group_runs, relative_names
+from coworld_trl.analysis.runs import Run, RunFolderError, display_name, group_runs, relative_names
 from coworld_trl.analysis.stats import STATISTICS, Estimate, stratified_bootstrap
 
 
@@ -99,13 +98,10 @@ def aggregate(runs: list[Run], *, metric: str = "eval/return_mean", normalize: d
         names: display names of the methods and tasks matching shell patterns
             (``{"coworld_paper*": "CoWorld"}``); methods given one name share a row.
     """
-    def display(label: str) -> str:
-        return next((new for pattern, new in (names or {}).items() if fnmatch.fnmatchcase(label, pattern)), label)
-
     cells: dict[str, dict[str, Cell]] = {}
     tasks: list[str] = []
     for (method, task), members in group_runs(runs).items():
-        method, task = display(method), display(str(task))
+        method, task = display_name(method, names), display_name(str(task), names)
         scores = [r.final(metric, at) for r in members]
         if normalize is not None:
             if members[0].task not in normalize:

@@ -179,6 +179,11 @@ def parser() -> argparse.ArgumentParser:
     table = sub.add_parser("table", help="markdown table of eval returns and value bias of run folders")
     table.add_argument("runs", nargs="+", type=Path)
 
+    def add_names(command, what: str, more: str = ""):
+        command.add_argument("--name", action="append", default=[], metavar="OLD=NEW",
+                             help=f"display name of the {what} matching OLD (a shell pattern: "
+                                  f"'coworld_paper*=CoWorld'){more}")
+
     def runs_command(name: str, help: str, *, output: bool = True, metric: bool = True, runs: bool = True):
         command = sub.add_parser(name, help=help)
         if runs:
@@ -193,8 +198,7 @@ def parser() -> argparse.ArgumentParser:
                                     "stratified-bootstrap CIs", output=False)
     agg.add_argument("--normalize", type=Path, help='JSON {"task": {"random": r, "expert": e}}: scores become '
                                                     "(x - r) / (e - r)")
-    agg.add_argument("--name", action="append", default=[], metavar="OLD=NEW", help="display name of the methods or tasks matching OLD (a shell pattern: 'coworld_paper*=CoWorld'); "
-                          "methods given one name share a row")
+    add_names(agg, "methods or tasks", "; methods given one name share a row")
     agg.add_argument("--at", metavar="COUNTER=N",
                      help="score every run at the evaluation where COUNTER is N (agent_updates=1000), unfinished "
                           "runs included; without it unfinished runs are refused")
@@ -211,6 +215,7 @@ def parser() -> argparse.ArgumentParser:
     curves.add_argument("--hline", action="append", default=[], metavar="[TASK:]LABEL=VALUE",
                         help="a reference line in every panel, or in TASK's: --hline 'dataset mean=23.4' "
                              "--hline 'dmc/cheetah_run:random=6.69'")
+    add_names(curves, "methods", ", in the legend and the numbers")
     curves.add_argument("--each-seed", action="store_true",
                         help="also draw every seed's own curve (all its evaluations; the mean covers the common range)")
     runs_command("value", "Fig. 5b: the critic's estimate against the discounted true return, per method",
@@ -272,7 +277,8 @@ def run(args) -> str:
         return text
     if args.command == "curves":
         numbers = figures.learning_curves(load_runs(args.runs), args.output, metric=args.metric, x=args.x,
-                                          reps=args.reps, hlines=parse_hlines(args.hline), each_seed=args.each_seed)
+                                          reps=args.reps, hlines=parse_hlines(args.hline), each_seed=args.each_seed,
+                                          names=parse_names(args.name))
         written = write_numbers(args.output, numbers)
         return f"wrote {args.output}, {written[0]}"
     if args.command == "value":
