@@ -88,14 +88,14 @@ def test_table_groups_seeds_by_config_in_recipe_folders_and_by_name_in_s_folders
     (runs / TASKS[0] / "coworld_quick/seed1/config.yaml").write_text(yaml.safe_dump(config))
     out = report(capsys, "table", runs)  # a sweep folder: its run folders are found below it
     assert "| coworld_quick/seed1 | 0.50 / 3.00 | 3.00 +- 1.00 | - |" in out
-    assert "- dmc/walker_downhill coworld_quick: n = 2, final return 2.00 +- 1.41 (mean +- std over seeds)" in out
+    assert "- dmc/walker_downhill coworld_quick: n = 2, final return 2.00 +- 1.00 (mean +- std over seeds)" in out
 
     for name, (ret, bias) in {"cw_s0": (1.0, 0.5), "cw_s1": (3.0, 1.5), "alone_s0": (2.0, 2.0)}.items():
         write_run(tmp_path / "legacy" / name, [{"eval/return_mean": 0.25, "eval/return_std": 0.0, "eval/value_bias": -0.5},
                                                {"eval/return_mean": ret, "eval/return_std": 0.1, "eval/value_bias": bias}])
     out = report(capsys, "table", *sorted((tmp_path / "legacy").iterdir()))
     assert "| cw_s1 | 0.25 / 3.00 | 3.00 +- 0.10 | -0.50 / +1.50 |" in out
-    assert "- cw: n = 2, final return 2.00 +- 1.41, final value bias +1.00 +- 0.71" in out
+    assert "- cw: n = 2, final return 2.00 +- 1.00, final value bias +1.00 +- 0.50" in out
     assert "- alone: n = 1, final return 2.00, final value bias +2.00" in out
 
     recipe_run(tmp_path / "other", "coworld_quick", TASKS[0], 2, [5.0], coupling={"beta": 2.0})
@@ -150,8 +150,9 @@ def test_aggregate_writes_the_paper_table_in_markdown_latex_and_json(tmp_path, c
 
 def test_unfinished_runs_are_marked_left_out_of_final_scores_or_compared_at_one_point(tmp_path, capsys):
     """A run whose status.json says unfinished has no final score: ``table`` marks it with its
-    progress and leaves it out of the summary; ``aggregate`` refuses it unless ``--at`` scores
-    every run at one evaluation point (here agent_updates 20, which both seeds have)."""
+    progress and leaves it out of the summary; ``aggregate`` refuses it unless ``--finished-only``
+    leaves it out with a note or ``--at`` scores every run at one evaluation point (here
+    agent_updates 20, which both seeds have)."""
     runs = tmp_path / "runs"
     for seed, returns in ((0, [1.0, 4.0, 6.0]), (1, [2.0, 8.0])):
         path = recipe_run(runs, "offline_dv2_quick", TASKS[0], seed, returns)
@@ -173,6 +174,12 @@ def test_unfinished_runs_are_marked_left_out_of_final_scores_or_compared_at_one_
             "1 unfinished run left out") in out
     err = refused(capsys, "aggregate", runs)
     assert "offline_dv2_quick/seed1 is not finished (67% of 30 updates)" in err and "--at agent_updates=N" in err
+    report_main(["aggregate", str(runs), "--finished-only"])
+    out, err = capsys.readouterr()
+    assert f"note: left out 1 unfinished run: {path} (67% of 30 updates)" in err
+    assert "| offline_dv2_quick | **6.0** | **6.0** |" in out  # seed 0 alone
+    assert f"no run is finished: {path} (67% of 30 updates); re-run them" in refused(
+        capsys, "aggregate", path, "--finished-only")
     out = report(capsys, "aggregate", runs, "--at", "agent_updates=20", "--json", tmp_path / "at.json")
     assert out.startswith("eval/return_mean: evaluation at agent_updates=20, mean ± std over seeds")
     assert "| offline_dv2_quick | **6.0 ± 2.0** | **6.0** |" in out  # seeds 4 and 8
@@ -240,14 +247,18 @@ def test_curves_of_every_agent_on_their_shared_update_axis_with_reference_lines(
 
 
 def test_report_curve_plots_any_agents_results_against_a_chosen_counter(tmp_path, capsys):
-    """``report curve --x`` takes any counter the results records carry (a CoWorld run's target updates);
-    one the records lack is refused in one line listing the ones they have."""
+    """``report curve --x`` takes any counter the results records carry (a CoWorld run's target updates)
+    and writes the numbers it drew beside the PNG; one the records lack is refused in one line
+    listing the ones they have."""
     run = write_run(tmp_path / "cw", [{"frames": 4000, "updates": 200, "target_updates": 100, "source_updates": 100,
                                        "eval/return_mean": 1.0, "eval/return_std": 0.5},
                                       {"frames": 4400, "updates": 400, "target_updates": 200, "source_updates": 200,
                                        "eval/return_mean": 2.0, "eval/return_std": 0.5}])
     report(capsys, "curve", run / "results.jsonl", "-o", tmp_path / "c.png", "--x", "target_updates")
     assert (tmp_path / "c.png").stat().st_size > 1000
+    drawn = json.loads((tmp_path / "c.json").read_text())
+    assert drawn["x"] == "target_updates" and drawn["lines"] == [
+        {"results": str(run / "results.jsonl"), "x": [100, 200], "mean": [1.0, 2.0], "std": [0.5, 0.5]}]
     assert ("no 'behaviour_updates' counter; use --x with one of frames, updates, target_updates, source_updates"
             in refused(capsys, "curve", run / "results.jsonl", "-o", tmp_path / "d.png", "--x", "behaviour_updates"))
 
@@ -374,22 +385,27 @@ def test_latent_alignment_tsne_from_two_coworld_checkpoints(tmp_path, capsys):
 
 # ========================================================================= status
 def test_status_lists_a_sweep_in_progress(tmp_path, capsys):
-    """``report status`` reads every run's status.json: finished, running, stale and not started."""
+    """``report status`` reads every run's status.json: finished, running, stale and not started;
+    the last evaluation (results.jsonl) is placed by the evaluated agent's updates, and by frames
+    where the run has any (an offline run has none)."""
     now = time.time()
     base = {"frames": 500, "updates": 40, "done": 40, "total": 100, "unit": "update", "host": "node1", "pid": 1}
     sweep = tmp_path / "runs"
-    write_run(sweep / "a" / "seed0", [], {"train": {"seed": 0}},
-              {**base, "phase": "finished", "finished": True, "updated_at": now - 7200, "done": 100,
-               "last_eval": {"frames": 900, "updates": 100, "return_mean": 12.5}})
+    write_run(sweep / "a" / "seed0", [{"frames": 900, "updates": 100, "agent_updates": 50, "eval/return_mean": 12.5}],
+              {"train": {"seed": 0}}, {**base, "phase": "finished", "finished": True, "updated_at": now - 7200,
+                                       "done": 100})
     write_run(sweep / "a" / "seed1", [], {"train": {"seed": 1}},
               {**base, "phase": "online 3", "finished": False, "updated_at": now - 30, "last_eval": None})
-    write_run(sweep / "a" / "seed2", [], {"train": {"seed": 2}},
-              {**base, "phase": "offline 2", "finished": False, "updated_at": now - 3600, "last_eval": None})
+    write_run(sweep / "a" / "seed2", [{"frames": 0, "updates": 20, "agent_updates": 20, "eval/return_mean": 3.0}],
+              {"train": {"seed": 2}}, {**base, "phase": "offline 2", "finished": False, "updated_at": now - 3600})
     write_run(sweep / "a" / "seed3", [], {"train": {"seed": 3}})
     out = report(capsys, "status", sweep, "--json", tmp_path / "status.json")
-    assert "| a/seed0 | finished | 100% of 100 updates | 500 | 40 | 12.5 at 900 frames | 2 h ago |" in out
+    assert ("| a/seed0 | finished | 100% of 100 updates | 500 | 40 | 12.5 after 50 agent updates, 900 frames "
+            "| 2 h ago |") in out
     assert "| a/seed1 | online 3 | 40% of 100 updates | 500 | 40 | - | 30 s ago |" in out
-    assert "| a/seed2 | offline 2 (stale) |" in out and "| a/seed3 | no status |" in out
+    assert ("| a/seed2 | offline 2 (stale) | 40% of 100 updates | 500 | 40 | 3.0 after 20 agent updates "
+            "| 1 h ago |") in out
+    assert "| a/seed3 | no status |" in out
     assert "4 runs: 1 finished, 1 running, 1 stale, 1 without status" in out
     assert [r["state"] for r in json.loads((tmp_path / "status.json").read_text())] == [
         "finished", "running", "stale", "no status"]
@@ -418,8 +434,8 @@ def test_bad_folders_are_refused_in_one_line(tmp_path, capsys):
 
 # ===================================================================== evaluator
 def test_evaluator_records_the_value_estimate_the_discounted_true_return_and_the_action_spread():
-    """Two episodes with rewards [1, 1] and [2]; gamma 0.5: true returns 1.5, 1 and 2 (mean 1.5);
-    the critic says 3 everywhere: estimate 3, bias 1.5. Per action dimension: the share of steps
+    """Two episodes with rewards [1, 1] and [3]: returns 2 and 3; gamma 0.5: true returns 1.5, 1
+    and 3 (mean 11/6); the critic says 3 everywhere: estimate 3, bias 7/6. Per action dimension: the share of steps
     at the bound (|a| >= 0.99), the std of the actions taken and the mean of the actor's scale."""
     from tensordict import TensorDict
 
@@ -427,7 +443,7 @@ def test_evaluator_records_the_value_estimate_the_discounted_true_return_and_the
 
     class Episodes:
         def __init__(self):
-            self.rewards = iter([[1.0, 1.0], [2.0]])
+            self.rewards = iter([[1.0, 1.0], [3.0]])
             self.actions = iter([[[1.0, 0.2], [0.0, -0.5]], [[-0.995, 0.98]]])
 
         def rollout(self, steps, policy, break_when_any_done):
@@ -439,8 +455,9 @@ def test_evaluator_records_the_value_estimate_the_discounted_true_return_and_the
     evaluator = Evaluator(Episodes(), episodes=2, state_value=lambda rollout: torch.full(rollout.shape, 3.0),
                           actor_scale=lambda rollout: next(scales), gamma=0.5)
     metrics = evaluator(policy=None, step=0)
-    assert metrics["eval/value_true"] == pytest.approx(1.5) and metrics["eval/value_estimate"] == 3.0
-    assert metrics["eval/value_bias"] == pytest.approx(1.5) and metrics["eval/returns"] == [2.0, 2.0]
+    assert metrics["eval/value_true"] == pytest.approx(11 / 6) and metrics["eval/value_estimate"] == 3.0
+    assert metrics["eval/value_bias"] == pytest.approx(7 / 6) and metrics["eval/returns"] == [2.0, 3.0]
+    assert metrics["eval/return_mean"] == 2.5 and metrics["eval/return_std"] == 0.5
     assert metrics["eval/action_at_bound"] == pytest.approx([2 / 3, 0.0])
     assert metrics["eval/action_std"] == pytest.approx([torch.tensor([1.0, 0.0, -0.995]).std(unbiased=False).item(),
                                                         torch.tensor([0.2, -0.5, 0.98]).std(unbiased=False).item()])

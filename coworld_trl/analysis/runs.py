@@ -187,10 +187,11 @@ def find_runs(paths: Iterable[str | Path]) -> list[Path]:
     return found
 
 
-def load_runs(paths: Iterable[str | Path]) -> list[Run]:
+def load_runs(paths: Iterable[str | Path], *, finished_only: bool = False) -> list[Run]:
     """:func:`find_runs`, each read with :func:`load_run`; runs that collide are refused (see
     :func:`group_runs`). A run found below a folder that has no evaluation yet (a sweep's job
-    just started) is left out with a note on stderr; one passed by name is refused."""
+    just started) is left out with a note on stderr; one passed by name is refused. With
+    ``finished_only``, unfinished runs are left out too, named on stderr with their progress."""
     runs, waiting = [], []
     for path in map(Path, paths):
         named = (path / "results.jsonl").is_file() or (path / "config.yaml").is_file() or not path.is_dir()
@@ -203,6 +204,16 @@ def load_runs(paths: Iterable[str | Path]) -> list[Run]:
     if waiting:
         print(f"note: left out {len(waiting)} run{'s' * (len(waiting) > 1)} without an evaluation yet: "
               f"{', '.join(waiting)}", file=sys.stderr)
+    if finished_only:
+        progress = [(r, r.unfinished) for r in runs]  # each reads status.json: once per run
+        running = [f"{r.path} ({left})" for r, left in progress if left]
+        if running and len(running) == len(runs):
+            raise RunFolderError(f"no run is finished: {', '.join(running)}; re-run them to finish, or score them at "
+                                 f"one point with --at agent_updates=N")
+        if running:
+            print(f"note: left out {len(running)} unfinished run{'s' * (len(running) > 1)}: {', '.join(running)}",
+                  file=sys.stderr)
+            runs = [r for r, left in progress if not left]
     group_runs(runs)
     return runs
 

@@ -13,8 +13,9 @@ from coworld_trl.analysis.stats import STATISTICS, Estimate, stratified_bootstra
 
 def runs_table(runs: list[Run]) -> str:
     """A markdown table of each run's evaluations (return and, where logged, value bias), then the
-    mean and std over seeds of the final evaluation per setup. An unfinished run is marked with
-    its progress and left out of its setup's summary: its last evaluation is no final score."""
+    mean and std over seeds of the final evaluation per setup (the population std, as in
+    :func:`aggregate`). An unfinished run is marked with its progress and left out of its
+    setup's summary: its last evaluation is no final score."""
     lines = ["| run | eval return, per evaluation | final return (mean +- std over episodes) "
              "| value bias, per evaluation |", "|---|---|---|---|"]
     for run, name in zip(runs, relative_names(runs)):
@@ -31,7 +32,7 @@ def runs_table(runs: list[Run]) -> str:
         for key, name in (("eval/return_mean", "final return"), ("eval/value_bias", "final value bias")):
             values = [r.results[-1][key] for r in finished if key in r.results[-1]]
             if values:
-                spread = f" +- {statistics.stdev(values):.2f}" if len(values) > 1 else ""
+                spread = f" +- {statistics.pstdev(values):.2f}" if len(values) > 1 else ""
                 sign = "+" if key == "eval/value_bias" else ""
                 parts.append(f"{name} {statistics.mean(values):{sign}.2f}{spread}")
         running = len(members) - len(finished)
@@ -180,9 +181,9 @@ def estimates_table(result: Aggregate) -> str:
 
 
 def sweep_status(runs: list[Run], *, stale_minutes: float = 30.0, now: float | None = None) -> tuple[str, list[dict]]:
-    """A markdown table of the runs' ``status.json`` (phase, progress, counters, last evaluation,
-    age) and a summary line; a run not finished whose status is older than ``stale_minutes``
-    is flagged stale (its job may have died: re-launch it to resume)."""
+    """A markdown table of the runs' ``status.json`` (phase, progress, counters, age), their last
+    evaluation (from ``results.jsonl``) and a summary line; a run not finished whose status is
+    older than ``stale_minutes`` is flagged stale (its job may have died: re-launch it to resume)."""
     now = time.time() if now is None else now
     lines = ["| run | phase | progress | frames | updates | last eval return | updated |",
              "|---|---|---|---|---|---|---|"]
@@ -200,14 +201,21 @@ def sweep_status(runs: list[Run], *, stale_minutes: float = 30.0, now: float | N
         counts[state] += 1
         rows.append({"run": name, "path": str(run.path), "state": state, **status})
         progress = f"{100 * status['done'] / max(status['total'], 1):.0f}% of {status['total']} {status['unit']}s"
-        last = status["last_eval"]
-        evaluation = f"{last['return_mean']:.1f} at {last['frames']} frames" if last else "-"
+        evaluation = _last_evaluation(run.results[-1]) if run.results else "-"
         phase = status["phase"] + (" (stale)" if state == "stale" else "")
         lines.append(f"| {name} | {phase} | {progress} | {status['frames']} | {status['updates']} | {evaluation} "
                      f"| {_ago(age)} |")
     order = ("finished", "running", "interrupted", "stale", "without status")
     lines += ["", f"{len(runs)} run{'s' * (len(runs) != 1)}: " + ", ".join(f"{counts[k]} {k}" for k in order if counts[k])]
     return "\n".join(lines), rows
+
+
+def _last_evaluation(record: dict) -> str:
+    """``1.1 after 250 agent updates, 2000 frames``: the evaluated agent's updates are the
+    counter every agent shares (an offline run has no frames; CoWorld's are the source's)."""
+    when = [f"{record['agent_updates']} agent updates"] if "agent_updates" in record else []
+    when += [f"{record['frames']} frames"] if record.get("frames") else []
+    return f"{record['eval/return_mean']:.1f}" + (f" after {', '.join(when)}" if when else "")
 
 
 def _ago(seconds: float) -> str:

@@ -5,6 +5,7 @@
     python -m coworld_trl.training.report table runs/dmc/walker_downhill
     python -m coworld_trl.training.report aggregate runs/dmc --latex table3.tex --json table3.json
     python -m coworld_trl.training.report aggregate runs/dmc --at agent_updates=1000         # runs in progress
+    python -m coworld_trl.training.report aggregate runs/dmc --finished-only                 # ... their finished runs
     python -m coworld_trl.training.report curves runs/dmc -o curves.png --x agent_updates --hline 'dataset mean=23.4'
     python -m coworld_trl.training.report value runs/metaworld -o value.png                      # Fig. 5b
     python -m coworld_trl.training.report alignment before/ after/ -o tsne.png                   # Fig. 11
@@ -43,14 +44,15 @@ X_AXES = ("frames", "updates", "agent_updates", "target_updates", "source_update
 
 
 def plot_curves(results: list[Path], output: Path, *, baseline: float | None = None, title: str = "",
-                x: str = "frames") -> None:
+                x: str = "frames") -> dict:
     """Eval return (mean +- std over episodes) against ``x`` (a counter every results record of the
     run has: ``frames``, ``updates``, or its agent's ``target_updates``, ``source_updates``,
-    ``behaviour_updates``), one line per results file."""
+    ``behaviour_updates``), one line per results file; returns the numbers drawn."""
     from coworld_trl.analysis.figures import pyplot, save
     from coworld_trl.analysis.runs import RunFolderError
 
     fig, ax = pyplot().subplots(figsize=(6, 4))
+    numbers = {"x": x, "baseline": baseline, "lines": []}
     for path in results:
         records = read_results(path)
         if any(x not in r for r in records):
@@ -61,6 +63,7 @@ def plot_curves(results: list[Path], output: Path, *, baseline: float | None = N
         std = torch.tensor([r["eval/return_std"] for r in records])
         line, = ax.plot(frames, mean, marker="o", label=f"{Path(path).parent.name} eval")
         ax.fill_between(frames, mean - std, mean + std, alpha=0.2, color=line.get_color())
+        numbers["lines"].append({"results": str(path), "x": frames, "mean": mean.tolist(), "std": std.tolist()})
         train_csv = Path(path).parent / "logs" / "scalars" / "train" / "episode_return.csv"
         if train_csv.exists() and x == "frames":
             steps, values = zip(*(map(float, row.split(",")) for row in train_csv.read_text().split()))
@@ -73,6 +76,7 @@ def plot_curves(results: list[Path], output: Path, *, baseline: float | None = N
     ax.set_title(title)
     ax.legend()
     save(fig, output)
+    return numbers
 
 
 def read_normalization(path: Path) -> dict[str, tuple[float, float]]:
@@ -202,6 +206,8 @@ def parser() -> argparse.ArgumentParser:
     agg.add_argument("--at", metavar="COUNTER=N",
                      help="score every run at the evaluation where COUNTER is N (agent_updates=1000), unfinished "
                           "runs included; without it unfinished runs are refused")
+    agg.add_argument("--finished-only", action="store_true",
+                     help="score the finished runs and leave the unfinished ones out with a note on stderr")
     agg.add_argument("--digits", type=int, default=1)
     agg.add_argument("--reps", type=int, default=2000, help="bootstrap resamples")
     agg.add_argument("--seed", type=int, default=0, help="bootstrap RNG seed")
@@ -250,8 +256,8 @@ def run(args) -> str:
         return json.dumps(random_policy_stats(args.env, episodes=args.episodes, seed=args.seed,
                                               fast_render=args.fast_render))
     if args.command == "curve":
-        plot_curves(args.results, args.output, baseline=args.baseline, title=args.title, x=args.x)
-        return f"wrote {args.output}"
+        numbers = plot_curves(args.results, args.output, baseline=args.baseline, title=args.title, x=args.x)
+        return f"wrote {args.output}, {write_numbers(args.output, numbers)[0]}"
     if args.command == "table":
         return tables.runs_table(load_runs(args.runs))
     if args.command == "status":
@@ -263,8 +269,9 @@ def run(args) -> str:
     if args.command == "aggregate":
         normalize = read_normalization(args.normalize) if args.normalize else None
         at = parse_at(args.at)
-        result = tables.aggregate(load_runs(args.runs), metric=args.metric, normalize=normalize,
-                                  names=parse_names(args.name), reps=args.reps, seed=args.seed, at=at)
+        runs = load_runs(args.runs, finished_only=args.finished_only)
+        result = tables.aggregate(runs, metric=args.metric, normalize=normalize, names=parse_names(args.name),
+                                  reps=args.reps, seed=args.seed, at=at)
         point = "final evaluation" if at is None else "evaluation at %s=%g" % at
         text = (f"{args.metric}{' (normalised)' if normalize else ''}: {point}, mean ± std over seeds\n\n"
                 f"{tables.paper_table(result, digits=args.digits)}\n\n{tables.estimates_table(result)}")
