@@ -96,6 +96,25 @@ def test_resume_restores_length_and_cursor_and_numbers_after_every_id_in_the_fil
     assert_slices_inside_episodes(resumed)
 
 
+def test_a_reopened_replay_checkpoints_again_before_any_write(tmp_path):
+    """A replay reopened from a checkpoint and checkpointed again before any write (the source
+    replay during DV2 Finetune's finetuning) gives the same state, without TorchRL's warning that
+    it "may not be saved properly", and reopens from it with the same rows."""
+    import warnings
+
+    replay = RowReplay(tmp_path / "replay", capacity=60, seq_len=5)
+    replay.extend(steps([30, 12]))
+    state = replay.state_dict()
+    resumed = RowReplay(tmp_path / "replay", capacity=60, seq_len=5)
+    resumed.load_state_dict(state)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert resumed.state_dict() == state
+    again = RowReplay(tmp_path / "replay", capacity=60, seq_len=5)
+    again.load_state_dict(resumed.state_dict())
+    assert len(again) == 42 and torch.equal(again.buffer.storage[:]["episode"], replay.buffer.storage[:]["episode"])
+
+
 def test_fresh_start_discards_stale_files_but_not_a_replay_in_use(tmp_path):
     stale = RowReplay(tmp_path / "replay", capacity=50, seq_len=4)
     stale.extend(steps([20]))

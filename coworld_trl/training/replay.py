@@ -121,7 +121,10 @@ class OnlineReplay:
     def state_dict(self) -> dict:
         """Length and write cursor; the rows are already in :attr:`path`."""
         storage = self.buffer.storage
-        if storage.initialized:
+        # Nothing written since it was created or reopened (a finetuning phase leaves the source
+        # replay alone): its files are as they were, and TorchRL's dumps would warn that it
+        # "may not be saved properly" for want of a last write. Our length wins on reopening.
+        if storage.initialized and storage._last_cursor is not None:
             storage.dumps(self.path)  # the storage's own folder: refreshes metadata, copies no rows
         return {"len": len(storage), "writer": self.buffer.writer.state_dict()}
 
