@@ -4,11 +4,15 @@ Everything here is sized to run in milliseconds on a shared 2-core CPU.
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 from tensordict import TensorDict
 
 from coworld_trl.modules import Actor, ScalarHead, make_world_model
+
+RECIPES = Path(__file__).resolve().parents[1] / "recipes"
 
 # A shared 2-core machine: do not let intra-op threading oversubscribe it.
 torch.set_num_threads(1)
@@ -20,6 +24,27 @@ TINY_WM = dict(latent="discrete", stoch=4, classes=4, deter=16, hidden=16, cnn_d
 def pytest_configure(config):
     # ValueLoss owns target params that tests update by hand (or not at all).
     config.addinivalue_line("filterwarnings", "ignore:No target network updater:UserWarning")
+
+
+@pytest.fixture
+def compose_recipe():
+    """``compose_recipe("coworld_metaworld", "preset=paper")``: a recipe's config as
+    ``python recipes/coworld_metaworld.py preset=paper --cfg job`` prints it, composed by Hydra
+    in this process (a fresh interpreter spends seconds importing torch and TorchRL)."""
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    from coworld_trl.training.config import register_hydra_schemas
+    from coworld_trl.training.recipe import register_resolvers
+
+    register_hydra_schemas()
+    register_resolvers()
+
+    def composed(recipe: str, *overrides: str) -> dict:
+        with initialize_config_dir(config_dir=str(RECIPES / "config"), version_base=None):
+            return OmegaConf.to_container(compose(recipe, overrides=list(overrides)))
+
+    return composed
 
 
 @pytest.fixture(autouse=True)

@@ -13,7 +13,6 @@ from pathlib import Path
 
 import pytest
 import torch
-import yaml
 
 from coworld_trl.training import FinetuneConfig, OfflineDV2Config, recipe_config, run_finetune, run_offline_dv2
 from coworld_trl.training.checkpoint import load_checkpoint
@@ -174,13 +173,9 @@ def test_finetune_with_ewc_resumes_in_its_finetuning_phase_and_anchors_to_the_pr
 @pytest.mark.parametrize("recipe", [
     pytest.param(f"{method}_{benchmark}", marks=[pytest.mark.slow] if benchmark != "dmc" else [])
     for method in ("offline_dv2", "finetune") for benchmark in ("dmc", "metaworld", "robodesk")])
-def test_baseline_recipes_compose_their_presets(tmp_path, recipe):
+def test_baseline_recipes_compose_their_presets(recipe, compose_recipe):
     """Every baseline recipe composes (``--cfg job``) with the paper preset's schedule lengths."""
-    env = {**os.environ, "MUJOCO_GL": os.environ.get("MUJOCO_GL", "egl")}
-    proc = subprocess.run([sys.executable, str(RECIPES / f"{recipe}.py"), "preset=paper", "--cfg", "job"],
-                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    config = yaml.safe_load(proc.stdout)
+    config = compose_recipe(recipe, "preset=paper")
     if recipe.startswith("offline_dv2"):
         assert config["model"]["ensemble"] == 7 and config["schedule"]["updates"] == 300_000
         assert config["uncertainty"] == {"kind": "meandis", "lmbda": 10.0}

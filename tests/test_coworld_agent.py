@@ -72,8 +72,7 @@ def test_ablation_switches_remove_their_terms(make_batch):
     source_metrics = agent.source_update(make_batch(B, T), make_batch(B, T))
     assert "loss_alignment" not in target_metrics.keys() and "loss_value_penalty" not in target_metrics.keys()
     assert "loss_reward_relabelled" not in source_metrics.keys()
-    linear = make_agent(value_constraint="linear")
-    assert linear.penalty.mode == "linear"
+    assert make_agent(value_constraint="linear").penalty.mode == "linear"  # its effect: the next test
 
 
 def test_a_source_critic_above_the_target_everywhere_leaves_the_constraint_inert(make_batch):
@@ -81,7 +80,8 @@ def test_a_source_critic_above_the_target_everywhere_leaves_the_constraint_inert
     (``value_exceeds_source`` 0, as measured throughout the Table 3 CoWorld run, docs/results.md),
     Eq. 6's penalty has no gradient: a target update with the constraint equals the "w/o value
     constraint" ablation's bit for bit, so that ablation would repeat the run. With the source
-    critic below the target's everywhere the two updates differ."""
+    critic below the target's everywhere the two updates differ, as they do under "w/o Max"
+    (``linear``) with the source critic above."""
     batch = make_batch(B, T)
 
     def updated_target(constraint: str, source_value: float):
@@ -106,6 +106,9 @@ def test_a_source_critic_above_the_target_everywhere_leaves_the_constraint_inert
     constrained, metrics = updated_target("max", -1e6)
     assert metrics["value_exceeds_source"].item() == 1.0
     assert not equal(constrained, updated_target("none", -1e6)[0])
+    # "w/o Max" (alpha * v, no max) pushes the target critic down whatever the source critic says
+    linear, linear_metrics = updated_target("linear", 1e6)
+    assert linear_metrics["loss_value_penalty"].item() != 0.0 and not equal(linear, ablated)
 
 
 def test_choosing_a_source_redirects_alignment_and_value_constraint(make_batch):
@@ -224,6 +227,9 @@ def test_coworld_recipe_resumes_after_being_killed(tmp_path):
     assert "resuming" in resumed.stderr + resumed.stdout
     results = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
     assert results[-1]["target_updates"] == 60 and results[-1]["round"] == 1  # evaluated in the last offline phase
+    # no phase ran twice: pretraining's 11 source updates and 2400 frames (as uninterrupted, see
+    # test_coworld_recipe_runs_end_to_end_then_says_finished), then round 0's online phase, 4 x 5 x 8
+    assert results[-1]["source_updates"] == 11 + 4 and results[-1]["frames"] == 2400 + 4 * 5 * 8
 
 
 def test_missing_dataset_names_the_collect_command(tmp_path):

@@ -97,6 +97,9 @@ def test_the_replay_buffer_cannot_be_extended(dataset_path):
 
 
 def test_a_read_only_dataset_opens_samples_and_validates(dataset_path, capsys):
+    """With its files made read-only, a dataset opens, samples and validates, and no file changes
+    (checksums and mtimes). Run as root, the modes stop nothing, so this cannot see a file opened
+    for writing and left alone: the unprivileged-user test below checks that."""
     before = snapshot(dataset_path)
     make_read_only(dataset_path)
     try:

@@ -129,7 +129,8 @@ def button_press():
 
 
 def test_metaworld_contract_and_success(button_press):
-    """4-d actions, 500-step episodes, a boolean ``success``, the 39-d state on request."""
+    """4-d actions, a boolean ``success``, the 39-d state on request; the registry says 500-step
+    episodes (a rollout shows it in the slow suite: test_metaworld_episodes_end_after_500_steps)."""
     assert_pixel_env(button_press, 4)
     assert button_press.observation_spec["success"].dtype == torch.bool
     assert button_press.observation_spec["observation"].shape == (39,)
@@ -158,6 +159,14 @@ def test_metaworld_same_seed_same_actions_is_deterministic():
 def test_metaworld_paper_tasks_reset_step_and_render(task):
     env = make_env(f"metaworld/{task}", seed=0, fast_render=True)
     assert_pixel_env(env, 4)
+    env.close()
+
+
+@pytest.mark.slow
+def test_metaworld_episodes_end_after_500_steps():
+    env = make_env("metaworld/button-press", seed=0, fast_render=True)
+    rollout = env.rollout(1000, break_when_any_done=True)  # random actions
+    assert rollout.shape == (500,) and rollout["next", "done"][-1].item() and not rollout["next", "done"][:-1].any()
     env.close()
 
 
@@ -248,6 +257,10 @@ def test_parallel_batched_env_matches_serial():
     parallel = make_batched_env("dmc/walker_walk", 2, parallel=True, seed=0, fast_render=True)
     a, b = serial.reset(), parallel.reset()
     assert torch.equal(a["pixels"], b["pixels"])
+    actions = torch.rand(5, 2, 6, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    for action in actions:  # the same actions: the same frames and rewards in both
+        a, b = (env.step(td.set("action", action))["next"] for env, td in ((serial, a), (parallel, b)))
+        assert torch.equal(a["pixels"], b["pixels"]) and torch.equal(a["reward"], b["reward"])
     serial.close(), parallel.close()
 
 

@@ -17,7 +17,6 @@ from coworld_trl.modules import (
     ConvEncoder,
     MLPEncoder,
     ScalarHead,
-    WorldModel,
     make_world_model,
     previous_step,
 )
@@ -361,9 +360,9 @@ def test_bad_inputs_raise(tiny_world_model, make_batch):
         RSSM(2, 6, latent="foo")
     with pytest.raises(ValueError, match="84"):
         ConvEncoder(image_size=84)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="84"):
         make_world_model(action_dim=2, obs_shape=(3, 84, 84))
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="obs_shape"):
         make_world_model(action_dim=2, obs_shape=(4, 4))
     with pytest.raises(ValueError, match="bogus"):
         Actor(8, 2, dist="bogus")
@@ -371,7 +370,6 @@ def test_bad_inputs_raise(tiny_world_model, make_batch):
     batch = make_batch(2, 5)
     with pytest.raises(ValueError, match="batch"):
         wm(batch[0])  # a 1-d [T] TensorDict
-    assert isinstance(wm, WorldModel)
 
 
 def test_gru_cell_update_bias_and_norm():
@@ -386,7 +384,16 @@ def test_gru_cell_update_bias_and_norm():
     out = cell(torch.randn(4, 3) * 100, h)
     assert (out.abs() <= 1).all()
     assert cell.linear.bias is not None and isinstance(cell.norm, torch.nn.Identity)
-    assert math.isclose(GRUCell(3, 5).update_bias, -1.0)
+    # the default: LayerNorm (eps 1e-3) over the fused gates, no bias before it, update bias -1
+    cell = GRUCell(3, 5)
+    assert cell.linear.bias is None and math.isclose(cell.update_bias, -1.0)
+    x = torch.randn(4, 3)
+    gates = torch.nn.functional.layer_norm(cell.linear(torch.cat([x, h], -1)), (15,), cell.norm.weight,
+                                           cell.norm.bias, eps=1e-3)
+    reset, cand, update = gates.chunk(3, -1)
+    update = torch.sigmoid(update - 1.0)
+    expected = update * torch.tanh(torch.sigmoid(reset) * cand) + (1 - update) * h
+    torch.testing.assert_close(cell(x, h), expected)
 
 
 def test_world_model_keys_live_in_one_place(tiny_world_model, make_batch):

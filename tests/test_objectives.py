@@ -204,6 +204,40 @@ def test_world_model_loss_kl_term_uses_balanced_kl(tiny_world_model, make_batch)
     torch.testing.assert_close(loss["kl"], kl.detach(), rtol=1e-5, atol=1e-6)
 
 
+
+@pytest.mark.parametrize("balance", [0.8, 0.5])
+def test_world_model_loss_passes_its_kl_balance_and_free_nats_on(tiny_world_model, make_batch, balance):
+    """The value alone cannot show the balance (``b KL + (1 - b) KL = KL``): the gradients on the
+    prior and posterior statistics do, ``kl_scale * b`` and ``kl_scale * (1 - b)`` of KL's; and the
+    free nats and their placement reach the loss (``free`` between the smallest and the mean
+    per-step KL, where the two placements differ)."""
+    wm, raw = tiny_world_model(), make_batch(2, 5)
+
+    def filtered(**kw):
+        batch = raw.clone()
+        torch.manual_seed(1)  # the same latent draws in every call
+        return WorldModelLoss(wm, kl_scale=0.5, kl_balance=balance, **kw)(batch), batch
+
+    loss, batch = filtered(free_nats=0.0)
+    post, prior = batch["post_stats"], batch["prior_stats"]
+    g_post, g_prior = torch.autograd.grad(loss["loss_kl"], [post, prior], retain_graph=True)
+    (ref_prior,) = torch.autograd.grad(wm.rssm.kl(post.detach(), prior).mean(), prior, retain_graph=True)
+    (ref_post,) = torch.autograd.grad(wm.rssm.kl(post, prior.detach()).mean(), post, retain_graph=True)
+    torch.testing.assert_close(g_prior, 0.5 * balance * ref_prior, rtol=1e-4, atol=1e-7)
+    torch.testing.assert_close(g_post, 0.5 * (1 - balance) * ref_post, rtol=1e-4, atol=1e-7)
+
+    per_step = wm.rssm.kl(post, prior).detach()
+    free = (per_step.min() + per_step.mean()).item() / 2
+    values = {}
+    for placement in ("mean", "step"):
+        loss, batch = filtered(free_nats=free, free_nats_placement=placement)
+        expected, _ = balanced_kl(wm.rssm.kl, batch["post_stats"], batch["prior_stats"], balance=balance,
+                                  free_nats=free, free_nats_placement=placement)
+        torch.testing.assert_close(loss["loss_kl"], 0.5 * expected, rtol=1e-5, atol=1e-6)
+        values[placement] = loss["loss_kl"].item()
+    assert values["step"] > values["mean"]
+
+
 # =============================================================== 2. lambda-return and weights
 def loop_lambda_return(reward, next_value, discount, lmbda):
     n, h = reward.shape

@@ -277,6 +277,7 @@ def loop_config(output_dir, **train):
     return dreamer_config(
         "quick",
         model=LOOP_MODEL,
+        env=dict(fast_render=True),  # the loop's counts, files and 500-step evaluation; a quarter of the render time
         data=dict(batch_size=2, seq_len=8, buffer_capacity=1_000, whole_episodes=False),  # runs < 1 episode
         train={**dict(total_frames=240, prefill_frames=100, train_every=5, updates_per_train=1, device="cpu"), **train},
         eval=dict(every_updates=10**6, episodes=1),

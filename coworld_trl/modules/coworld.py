@@ -78,7 +78,7 @@ def relabel_rewards(
     source(view)
     is_first = source.is_first(view)
     predicted = source.reward_head(source.features(view))
-    reward = require(tensordict, reward_key, owner, f"rename it with set_keys(reward=...)", what="target batch")
+    reward = require(tensordict, reward_key, owner, "rename it with set_keys(reward=...)", what="target batch")
     target_reward = previous_step(reward.reshape(is_first.shape), is_first)
     return (1 - k) * predicted.detach() + k * target_reward, predicted, ~is_first
 
