@@ -143,6 +143,32 @@ def test_medium_replay_cut_keeps_the_episodes_until_the_first_eval_at_a_third_of
         medium_replay_cut([], fraction=1 / 3)
 
 
+def test_collect_whole_replay_keeps_every_episode_of_the_run(tmp_path):
+    """collect.whole_replay: V-D4RL's medium-replay, every episode the run collected in its
+    train.total_frames (3 of 1,000 frames each), with no cut, as the metadata says."""
+    out, run = tmp_path / "mr", tmp_path / "run"
+    proc = run_recipe([*FAST_ENV, *TINY, "collect.kind=medium-replay", "collect.whole_replay=true",
+                       "train.total_frames=3000", "train.prefill_frames=2000", "eval.every_updates=50",
+                       f"collect.output={out}", f"output_dir={run}"], tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    meta = OfflineDataset(out).metadata
+    assert meta.episodes == 3 and meta.frames == 3 * 125
+    assert meta.source == f"collect medium-replay: the whole replay of an online DreamerV2 run of 3000 frames; run {run}"
+
+
+@pytest.mark.parametrize("setting", [("collect.reference_score", 100.0), ("collect.kind", "random")])
+def test_collect_whole_replay_refuses_a_cut_or_another_kind(tmp_path, setting):
+    from coworld_trl.training.collect import collect_dataset
+    from coworld_trl.training.config import CollectDatasetConfig
+
+    config = CollectDatasetConfig()
+    config.collect.whole_replay, config.collect.output = True, str(tmp_path / "ds")
+    setattr(config.collect, setting[0].split(".")[1], setting[1])
+    with pytest.raises(ConfigError, match=f"whole_replay=true keeps a whole medium-replay run.*{setting[1]}"):
+        collect_dataset(config)
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_collect_medium_replay_without_reference_trains_the_whole_run_and_cuts_at_its_own_best(tmp_path, capsys):
     """Without collect.reference_score the run goes to train.total_frames; the dataset holds the
     episodes collected until its first evaluation at or above a third of its best, as the metadata says."""

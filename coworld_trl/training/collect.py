@@ -9,7 +9,8 @@ imports them into the dataset format at the end:
   ``train.total_frames`` and keep every episode collected until its first evaluation at or
   above ``fraction`` times its best evaluation; with ``reference_score``, stop the run at the
   first evaluation at or above ``fraction * reference_score`` and keep its whole replay.
-  Both start with the random prefill.
+  Both start with the random prefill. ``whole_replay`` keeps every episode of the
+  ``train.total_frames`` run instead (V-D4RL's medium-replay), with no cut.
 * ``random``: uniformly random actions.
 * ``expert``: deterministic rollouts (actor mean) of a trained run of any recipe (its
   evaluated agent: CoWorld's target).
@@ -94,6 +95,9 @@ def collect_dataset(config: CollectDatasetConfig) -> OfflineDataset:
         return OfflineDataset(output)
     if c.kind not in KINDS:
         raise ValueError(f"collect.kind={c.kind!r} is unknown; use one of {', '.join(KINDS)}.")
+    if c.whole_replay and (c.kind != "medium-replay" or c.reference_score is not None):
+        raise ConfigError("collect.whole_replay=true keeps a whole medium-replay run; it takes collect.kind="
+                          f"medium-replay (got {c.kind}) and no collect.reference_score (got {c.reference_score}).")
     episodes_dir = output.with_name(output.name + ".episodes")
     name, seed = config.env.name, config.train.seed
     if c.kind == "medium-replay":
@@ -101,6 +105,11 @@ def collect_dataset(config: CollectDatasetConfig) -> OfflineDataset:
 
         if c.reference_score is None:
             run_online_dreamer(config, callbacks=[RecordEpisodes(episodes_dir)])
+        if c.whole_replay:  # a resumed run's extra episodes (after its last checkpoint) end past the frames
+            keep = episodes_until(episodes_dir, config.train.total_frames, frames_per_step=action_repeat(config.env))
+            source = (f"collect medium-replay: the whole replay of an online DreamerV2 run of "
+                      f"{config.train.total_frames} frames; run {config.output_dir}")
+        elif c.reference_score is None:
             cut = medium_replay_cut(read_results(Path(config.output_dir) / "results.jsonl"), fraction=c.fraction)
             keep = episodes_until(episodes_dir, cut["frames"], frames_per_step=action_repeat(config.env))
             source = (f"collect medium-replay: online DreamerV2 replay until its first eval return >= "

@@ -205,6 +205,9 @@ class CollectConfig:
     # (the paper's); a task's expert return stops the run at the first eval >= fraction * it.
     reference_score: Optional[float] = None
     fraction: float = 1 / 3
+    # medium-replay: keep every episode of the train.total_frames run, with no cut (V-D4RL's
+    # medium-replay: all an agent collected while it learned); excludes reference_score.
+    whole_replay: bool = False
 
 
 @dataclass
