@@ -1,0 +1,69 @@
+"""experiments/table3_cheetah_downhill_cpu.sh: its schedule, dry-run (no training)."""
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+from pathlib import Path
+
+SCRIPT = Path(__file__).resolve().parents[1] / "experiments" / "table3_cheetah_downhill_cpu.sh"
+ROW = [f"{method}/seed{seed}" for seed in range(3) for method in ("offline_dv2", "finetune", "coworld")]
+
+
+def dry_run(tmp_path: Path, *, lanes: int) -> subprocess.CompletedProcess:
+    env = {**os.environ, "DRY_RUN": "1", "RUNS": str(tmp_path / "runs"), "DATA": str(tmp_path / "data"),
+           "LANES": str(lanes), "POLL_SECONDS": "0.1"}
+    return subprocess.run(["bash", str(SCRIPT)], env=env, capture_output=True, text=True, timeout=120)
+
+
+def started(stdout: str) -> list[str]:
+    return re.findall(r"lane \d: (\S+)$", stdout, flags=re.M)
+
+
+def test_one_lane_runs_the_inputs_first_then_the_row_seed_by_seed(tmp_path):
+    proc = dry_run(tmp_path, lanes=1)
+    assert proc.returncode == 0, proc.stderr
+    assert started(proc.stdout) == ["source", "collect", *ROW]
+    assert "run coworld/seed2" in proc.stdout and "nothing left" in proc.stdout
+    again = dry_run(tmp_path, lanes=1)  # everything finished: nothing is started again
+    assert started(again.stdout) == [] and "nothing left" in again.stdout
+
+
+def test_two_lanes_run_each_job_once_and_wait_for_its_inputs(tmp_path):
+    proc = dry_run(tmp_path, lanes=2)
+    assert proc.returncode == 0, proc.stderr
+    order = started(proc.stdout)
+    assert sorted(order) == sorted(["source", "collect", *ROW])
+    assert set(order[:2]) == {"source", "collect"}  # nothing else has its inputs at the start
+    assert proc.stdout.count("nothing left") == 2
+
+
+def test_a_failed_source_stops_only_the_jobs_that_need_it(tmp_path):
+    """The source's output cannot be made (a file stands where its folder goes): it fails,
+    Offline DV2 still runs on the dataset, and the lanes end naming the jobs left waiting."""
+    source = tmp_path / "runs" / "online_quick" / "cheetah_run"
+    source.mkdir(parents=True)
+    (source / "seed0").write_text("")
+    proc = dry_run(tmp_path, lanes=2)
+    assert proc.returncode == 0  # the lanes report; the script itself ends normally
+    assert re.search(r"lane \d: source failed \(exit 1\), see .*/runs/logs", proc.stdout)
+    order = started(proc.stdout)
+    assert [job for job in order if job.startswith("offline_dv2")] == ["offline_dv2/seed0", "offline_dv2/seed1",
+                                                                       "offline_dv2/seed2"]
+    assert not any(job.startswith(("finetune", "coworld")) for job in order)
+    assert proc.stdout.count("the rest waits on failed jobs: source\n") == 2
+
+
+def test_a_second_invocation_on_the_same_runs_is_refused(tmp_path):
+    runs = tmp_path / "runs" / "t3_27k"
+    runs.mkdir(parents=True)
+    with open(runs / ".lock", "w") as lock:
+        holder = subprocess.Popen(["flock", str(runs / ".lock"), "sleep", "30"], pass_fds=(lock.fileno(),))
+        try:
+            import time
+
+            time.sleep(0.5)
+            proc = dry_run(tmp_path, lanes=1)
+        finally:
+            holder.kill()
+    assert proc.returncode == 2 and "another invocation is running" in proc.stderr and proc.stdout == ""
