@@ -1,19 +1,20 @@
-"""experiments/table3_cheetah_downhill_cpu.sh: its schedule, dry-run (no training)."""
+"""experiments/: the scripts' schedules (experiments/lanes.sh), dry-run (no training)."""
 from __future__ import annotations
 
 import os
 import re
 import subprocess
+import time
 from pathlib import Path
 
-SCRIPT = Path(__file__).resolve().parents[1] / "experiments" / "table3_cheetah_downhill_cpu.sh"
+EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
 ROW = [f"{method}/seed{seed}" for seed in range(3) for method in ("offline_dv2", "finetune", "coworld")]
 
 
-def dry_run(tmp_path: Path, *, lanes: int) -> subprocess.CompletedProcess:
+def dry_run(tmp_path: Path, *, lanes: int, script: str = "table3_cheetah_downhill_cpu.sh") -> subprocess.CompletedProcess:
     env = {**os.environ, "DRY_RUN": "1", "RUNS": str(tmp_path / "runs"), "DATA": str(tmp_path / "data"),
            "LANES": str(lanes), "POLL_SECONDS": "0.1"}
-    return subprocess.run(["bash", str(SCRIPT)], env=env, capture_output=True, text=True, timeout=120)
+    return subprocess.run(["bash", str(EXPERIMENTS / script)], env=env, capture_output=True, text=True, timeout=120)
 
 
 def started(stdout: str) -> list[str]:
@@ -54,16 +55,22 @@ def test_a_failed_source_stops_only_the_jobs_that_need_it(tmp_path):
     assert proc.stdout.count("the rest waits on failed jobs: source\n") == 2
 
 
+def test_the_online_curves_run_seed_by_seed_and_share_the_row_s_source(tmp_path):
+    proc = dry_run(tmp_path, lanes=1, script="online_quick_dmc.sh")
+    assert started(proc.stdout) == [f"{env}/seed{seed}" for seed in range(3) for env in ("cheetah_run", "walker_walk")]
+    row = dry_run(tmp_path, lanes=1)  # the row's source is cheetah_run seed 0, finished above
+    assert started(row.stdout) == ["collect", *ROW]
+
+
 def test_a_second_invocation_on_the_same_runs_is_refused(tmp_path):
-    runs = tmp_path / "runs" / "t3_27k"
+    """Two scripts on one RUNS would put four runs on two cores: the second is refused."""
+    runs = tmp_path / "runs"
     runs.mkdir(parents=True)
     with open(runs / ".lock", "w") as lock:
         holder = subprocess.Popen(["flock", str(runs / ".lock"), "sleep", "30"], pass_fds=(lock.fileno(),))
         try:
-            import time
-
             time.sleep(0.5)
-            proc = dry_run(tmp_path, lanes=1)
+            proc = dry_run(tmp_path, lanes=1, script="online_quick_dmc.sh")
         finally:
             holder.kill()
-    assert proc.returncode == 2 and "another invocation is running" in proc.stderr and proc.stdout == ""
+    assert proc.returncode == 2 and "another experiment script is running on RUNS=" in proc.stderr and proc.stdout == ""

@@ -1,0 +1,62 @@
+# The job runner the experiment scripts share (sourced, not run). A script sets RUNS and
+#   jobs=("name|inputs|output|command" ...)
+# and calls run_lanes: LANES lanes (default 2) each take the first job that is neither finished
+# nor taken and whose inputs (space-separated outputs of other jobs) are finished, and run it.
+# A job's output is finished when it is a run whose status.json says so, or a written dataset.
+# Each job logs to $RUNS/logs/<name>.log. Re-running a script resumes its stopped runs (every
+# recipe resumes from its output folder) and skips the finished ones. DRY_RUN=1 prints the
+# schedule, marking each output finished instead of running its command.
+
+finished() { [[ -f $1/metadata.json ]] || grep -q '"phase": "finished"' "$1/status.json" 2>/dev/null; }
+all_finished() { local path; for path in "$@"; do finished "$path" || return 1; done; }
+
+execute() {  # name output command
+  if [[ ${DRY_RUN:-0} == 1 ]]; then
+    echo "run $1"
+    mkdir -p "$2" && echo '{"phase": "finished"}' > "$2/status.json"
+  else
+    OMP_NUM_THREADS=1 $3 >> "$RUNS/logs/${1//\//_}.log" 2>&1
+  fi
+}
+
+lane() {
+  while true; do
+    local pending=0 started=0 active=0 failed="" job name inputs output cmd
+    for job in "${jobs[@]}"; do
+      IFS='|' read -r name inputs output cmd <<< "$job"
+      local claim=$CLAIMS/${name//\//_}
+      finished "$output" && continue
+      pending=1
+      if [[ -d $claim ]]; then  # taken by a lane
+        if [[ -f $claim.failed ]]; then failed+=" $name"; else active=1; fi
+        continue
+      fi
+      all_finished $inputs || continue
+      mkdir "$claim" 2>/dev/null || continue  # the other lane was faster
+      echo "$(date -Is) lane $1: $name"
+      execute "$name" "$output" "$cmd" || {
+        local rc=$?; echo "$(date -Is) lane $1: $name failed (exit $rc), see $RUNS/logs"; touch "$claim.failed"; }
+      started=1
+      break
+    done
+    (( pending )) || { echo "$(date -Is) lane $1: nothing left"; return; }
+    (( started || active )) || { echo "$(date -Is) lane $1: the rest waits on failed jobs:$failed"; return 1; }
+    (( started )) || sleep "${POLL_SECONDS:-60}"
+  done
+}
+
+run_lanes() {
+  set -f  # the overrides hold [ ]: no globbing
+  CLAIMS=$RUNS/.claims
+  mkdir -p "$RUNS/logs"
+  # One runner per RUNS: two would put four runs on two cores. The runs inherit the lock, so a
+  # runner stopped while its runs write their checkpoints keeps it until they are done.
+  exec 9> "$RUNS/.lock"
+  flock -n 9 || { echo "error: another experiment script is running on RUNS=$RUNS (or its runs are still stopping); wait for it" >&2; exit 2; }
+  rm -rf "$CLAIMS" && mkdir "$CLAIMS"  # claims of an earlier invocation: its processes are gone
+  # Stopping the script stops its runs: each writes a checkpoint (after an evaluation in progress).
+  trap 'trap - TERM INT; kill -TERM 0; wait' TERM INT
+  local i
+  for i in $(seq 1 "${LANES:-2}"); do lane "$i" & done
+  wait
+}
