@@ -387,7 +387,8 @@ def test_latent_alignment_tsne_from_two_coworld_checkpoints(tmp_path, capsys):
 def test_status_lists_a_sweep_in_progress(tmp_path, capsys):
     """``report status`` reads every run's status.json: finished, running, stale and not started;
     the last evaluation (results.jsonl) is placed by the evaluated agent's updates, and by frames
-    where the run has any (an offline run has none)."""
+    where the run has any (an offline run has none). A running run's time left comes from the pace
+    its process logged: 60 updates left at 0.01 updates/s, 30 s of which have passed since."""
     now = time.time()
     base = {"frames": 500, "updates": 40, "done": 40, "total": 100, "unit": "update", "host": "node1", "pid": 1}
     sweep = tmp_path / "runs"
@@ -395,16 +396,17 @@ def test_status_lists_a_sweep_in_progress(tmp_path, capsys):
               {"train": {"seed": 0}}, {**base, "phase": "finished", "finished": True, "updated_at": now - 7200,
                                        "done": 100})
     write_run(sweep / "a" / "seed1", [], {"train": {"seed": 1}},
-              {**base, "phase": "online 3", "finished": False, "updated_at": now - 30, "last_eval": None})
+              {**base, "phase": "online 3", "finished": False, "updated_at": now - 30, "last_eval": None,
+               "rate": 0.01})
     write_run(sweep / "a" / "seed2", [{"frames": 0, "updates": 20, "agent_updates": 20, "eval/return_mean": 3.0}],
               {"train": {"seed": 2}}, {**base, "phase": "offline 2", "finished": False, "updated_at": now - 3600})
     write_run(sweep / "a" / "seed3", [], {"train": {"seed": 3}})
     out = report(capsys, "status", sweep, "--json", tmp_path / "status.json")
     assert ("| a/seed0 | finished | 100% of 100 updates | 500 | 40 | 12.5 after 50 agent updates, 900 frames "
-            "| 2 h ago |") in out
-    assert "| a/seed1 | online 3 | 40% of 100 updates | 500 | 40 | - | 30 s ago |" in out
+            "| 2.0 h ago | - |") in out
+    assert "| a/seed1 | online 3 | 40% of 100 updates | 500 | 40 | - | 30 s ago | 1.7 h at 36 updates/h |" in out
     assert ("| a/seed2 | offline 2 (stale) | 40% of 100 updates | 500 | 40 | 3.0 after 20 agent updates "
-            "| 1 h ago |") in out
+            "| 1.0 h ago | - |") in out
     assert "| a/seed3 | no status |" in out
     assert "4 runs: 1 finished, 1 running, 1 stale, 1 without status" in out
     assert [r["state"] for r in json.loads((tmp_path / "status.json").read_text())] == [

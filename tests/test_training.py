@@ -471,9 +471,13 @@ def test_an_unwritable_or_foreign_output_dir_is_refused_in_one_line(tmp_path):
 def test_a_launchers_requeue_signal_is_handed_on_after_the_checkpoint(tmp_path):
     """submitit on Slurm signals SIGUSR2 before the time limit and its handler requeues the job and
     exits. The run takes the signal like SIGTERM, writes its checkpoint at the next update boundary,
-    and only then calls the launcher's handler, so the requeued job resumes from that moment."""
+    and only then calls the launcher's handler, so the requeued job resumes from that moment. Its
+    status.json then holds the pace since the process began (frames per second), that
+    ``report status`` estimates the time left from."""
+    import json
     import os
     import signal
+    import time
 
     from coworld_trl.training.experiment import Callback
     from coworld_trl.training.schedules import OnlineDreamer
@@ -483,7 +487,9 @@ def test_a_launchers_requeue_signal_is_handed_on_after_the_checkpoint(tmp_path):
 
     def launcher(signum, frame):  # submitit's checkpoint_and_try_requeue ends in sys.exit(-1)
         state = load_checkpoint(tmp_path / "checkpoint.pt")
-        seen.append((signum, state["progress"]["frames"]))
+        status = json.loads((tmp_path / "status.json").read_text())
+        seen.append((signum, state["progress"]["frames"], status["done"]))
+        assert status["unit"] == "frame" and status["rate"] * (status["updated_at"] - started) >= status["done"] > 0
         raise SystemExit(-1)
 
     class SignalMidRun(Callback):
@@ -495,11 +501,11 @@ def test_a_launchers_requeue_signal_is_handed_on_after_the_checkpoint(tmp_path):
             if self.batches == 15:
                 os.kill(os.getpid(), signal.SIGUSR2)
 
-    previous = signal.signal(signal.SIGUSR2, launcher)
+    previous, started = signal.signal(signal.SIGUSR2, launcher), time.time()
     try:
         with pytest.raises(SystemExit):
             Experiment(config, OnlineDreamer(), callbacks=[SignalMidRun()]).run()
         assert signal.getsignal(signal.SIGUSR2) is launcher  # restored when the run stopped
     finally:
         signal.signal(signal.SIGUSR2, previous)
-    assert seen == [(signal.SIGUSR2, 15 * 5 * 2)]  # 15 batches of 5 steps at action repeat 2, checkpointed first
+    assert seen == [(signal.SIGUSR2, 15 * 5 * 2, 15 * 5 * 2)]  # 15 batches of 5 steps at action repeat 2, checkpointed first

@@ -182,18 +182,19 @@ def estimates_table(result: Aggregate) -> str:
 
 def sweep_status(runs: list[Run], *, stale_minutes: float = 30.0, now: float | None = None) -> tuple[str, list[dict]]:
     """A markdown table of the runs' ``status.json`` (phase, progress, counters, age), their last
-    evaluation (from ``results.jsonl``) and a summary line; a run not finished whose status is
-    older than ``stale_minutes`` is flagged stale (its job may have died: re-launch it to resume)."""
+    evaluation (from ``results.jsonl``), the time a running run has left at the pace of its
+    current process, and a summary line; a run not finished whose status is older than
+    ``stale_minutes`` is flagged stale (its job may have died: re-launch it to resume)."""
     now = time.time() if now is None else now
-    lines = ["| run | phase | progress | frames | updates | last eval return | updated |",
-             "|---|---|---|---|---|---|---|"]
+    lines = ["| run | phase | progress | frames | updates | last eval return | updated | left |",
+             "|---|---|---|---|---|---|---|---|"]
     rows, counts = [], Counter()
     for run, name in zip(runs, relative_names(runs)):
         status = run.status
         if status is None:
             counts["without status"] += 1
             rows.append({"run": name, "path": str(run.path), "state": "no status"})
-            lines.append(f"| {name} | no status | - | - | - | - | - |")
+            lines.append(f"| {name} | no status | - | - | - | - | - | - |")
             continue
         age = now - status["updated_at"]
         state = ("finished" if status["finished"] else "stale" if age > 60 * stale_minutes
@@ -203,8 +204,14 @@ def sweep_status(runs: list[Run], *, stale_minutes: float = 30.0, now: float | N
         progress = f"{100 * status['done'] / max(status['total'], 1):.0f}% of {status['total']} {status['unit']}s"
         evaluation = _last_evaluation(run.results[-1]) if run.results else "-"
         phase = status["phase"] + (" (stale)" if state == "stale" else "")
+        left = "-"
+        if state == "running" and status.get("rate"):
+            left = _duration((status["total"] - status["done"]) / status["rate"] - age)
+            per_hour = status["rate"] * 3600
+            left += f" at {per_hour:,.0f}" if per_hour >= 100 else f" at {per_hour:.3g}"
+            left += f" {status['unit']}s/h"
         lines.append(f"| {name} | {phase} | {progress} | {status['frames']} | {status['updates']} | {evaluation} "
-                     f"| {_ago(age)} |")
+                     f"| {_ago(age)} | {left} |")
     order = ("finished", "running", "interrupted", "stale", "without status")
     lines += ["", f"{len(runs)} run{'s' * (len(runs) != 1)}: " + ", ".join(f"{counts[k]} {k}" for k in order if counts[k])]
     return "\n".join(lines), rows
@@ -218,8 +225,12 @@ def _last_evaluation(record: dict) -> str:
     return f"{record['eval/return_mean']:.1f}" + (f" after {', '.join(when)}" if when else "")
 
 
-def _ago(seconds: float) -> str:
+def _duration(seconds: float) -> str:
     for unit, size in (("d", 86400), ("h", 3600), ("min", 60)):
         if seconds >= size:
-            return f"{seconds / size:.0f} {unit} ago"
-    return f"{max(seconds, 0):.0f} s ago"
+            return f"{seconds / size:.{1 if unit != 'min' else 0}f} {unit}"
+    return f"{max(seconds, 0):.0f} s"
+
+
+def _ago(seconds: float) -> str:
+    return _duration(seconds) + " ago"

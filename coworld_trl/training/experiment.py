@@ -297,6 +297,7 @@ class Experiment:
         self._bar: tqdm | None = None
         self._last_flush = (time.time(), 0)
         self._phase, self._last_eval = "starting", None
+        self._pace: tuple[float, int] | None = None  # (time, progress) when this process began its work
 
     @property
     def progress(self):
@@ -392,9 +393,14 @@ class Experiment:
         """Rewrite ``status.json`` (atomically: a reader never sees half a file)."""
         p = self.progress
         total, done, unit = self.schedule.bar()
+        now = time.time()
         status = {"phase": "finished" if p.finished else self._phase, "frames": p.frames, "updates": p.updates,
                   "done": done, "total": total, "unit": unit, "last_eval": self._last_eval, "finished": p.finished,
-                  "updated_at": time.time(), "host": socket.gethostname(), "pid": os.getpid()}
+                  "updated_at": now, "host": socket.gethostname(), "pid": os.getpid()}
+        if self._pace is not None and done > self._pace[1] and now > self._pace[0]:
+            # Units per second since this process started, evaluations and checkpoints included:
+            # what ``report status`` estimates the time left from.
+            status["rate"] = (done - self._pace[1]) / (now - self._pace[0])
         tmp = self.run_dir.path / "status.json.tmp"
         tmp.write_text(json.dumps(status))
         os.replace(tmp, self.run_dir.path / "status.json")
@@ -444,6 +450,7 @@ class Experiment:
             log.info("resuming %s at %s", self.run_dir.path, self._describe())
         total, done, unit = self.schedule.bar()
         self._bar = tqdm(total=total, initial=done, unit=unit, dynamic_ncols=True, mininterval=2.0)
+        self._pace = (time.time(), done)
         self.write_status()
         try:
             with _StopOnSignal(self):
