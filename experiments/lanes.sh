@@ -47,6 +47,9 @@ lane() {
 
 run_lanes() {
   set -f  # the overrides hold [ ]: no globbing
+  # The runs import the library of this checkout (ROOT, set by the script), not whichever
+  # coworld_trl is installed: a row's runs keep one version of the code while others are edited.
+  export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
   CLAIMS=$RUNS/.claims
   mkdir -p "$RUNS/logs"
   # One runner per RUNS: two would put four runs on two cores. The runs inherit the lock, so a

@@ -62,6 +62,41 @@ def test_the_online_curves_run_seed_by_seed_and_share_the_row_s_source(tmp_path)
     assert started(row.stdout) == ["collect", *ROW]
 
 
+FAKE_PYTHON = """#!/usr/bin/env bash
+# Stands in for python: records how it was called, then finishes the run or dataset it was given.
+echo "$PYTHONPATH $OMP_NUM_THREADS $*" >> "$CALLS"
+for arg in "$@"; do
+  case $arg in output_dir=*) out=${arg#output_dir=} ;; collect.output=*) dataset=${arg#collect.output=} ;; esac
+done
+echo "training $out"
+if [[ -n ${dataset:-} ]]; then mkdir -p "$dataset" && echo {} > "$dataset/metadata.json"; fi
+mkdir -p "$out" && echo '{"phase": "finished"}' > "$out/status.json"
+"""
+
+
+def test_the_jobs_run_the_recipes_of_this_checkout_at_one_thread(tmp_path):
+    """Not dry: each job calls ``python`` (here a stand-in that finishes its output) with the
+    recipe of this checkout, this checkout first on PYTHONPATH, one OpenMP thread, and its
+    output in its log."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "python").write_text(FAKE_PYTHON)
+    (bin_dir / "python").chmod(0o755)
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "CALLS": str(tmp_path / "calls"),
+           "RUNS": str(tmp_path / "runs"), "DATA": str(tmp_path / "data"), "LANES": "1", "POLL_SECONDS": "0.1",
+           "PYTHONPATH": "/elsewhere"}
+    proc = subprocess.run(["bash", str(EXPERIMENTS / "table3_cheetah_downhill_cpu.sh")], env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    calls = (tmp_path / "calls").read_text().splitlines()
+    root = EXPERIMENTS.parent
+    assert len(calls) == 11 and all(call.startswith(f"{root}:/elsewhere 1 {root}/recipes/") for call in calls)
+    assert "recipes/coworld_dmc.py" in calls[4] and "sources=[dmc/cheetah_run]" in calls[4]
+    assert f"source_checkpoints=[{tmp_path}/runs/online_quick/cheetah_run/seed0]" in calls[4]
+    log = tmp_path / "runs" / "logs" / "coworld_seed0.log"
+    assert log.read_text() == f"training {tmp_path}/runs/t3_27k/coworld/seed0\n"
+
+
 def test_a_second_invocation_on_the_same_runs_is_refused(tmp_path):
     """Two scripts on one RUNS would put four runs on two cores: the second is refused."""
     runs = tmp_path / "runs"
