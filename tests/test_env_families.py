@@ -242,13 +242,17 @@ def test_missing_robodesk_names_the_extra(monkeypatch):
 
 
 # ------------------------------------------------------------------ batched envs, listing
-def test_serial_batched_env_seeds_each_copy():
+def test_serial_batched_env_seeds_each_copy_and_leaves_the_threads_alone():
+    """Closing it leaves torch's threads at 1 (TorchRL's own close adds one per copy: this
+    suite's next tests then ran 5-13x slower beside a training run)."""
+    assert torch.get_num_threads() == 1
     env = make_batched_env("dmc/walker_walk", 2, parallel=False, seed=0, fast_render=True)
     td = env.reset()
     assert td["pixels"].shape == (2, 3, 64, 64)
     assert not torch.equal(td["pixels"][0], td["pixels"][1]), "both copies got the same seed"
     assert env.rollout(3).shape == (2, 3)
     env.close()
+    assert torch.get_num_threads() == 1
 
 
 @pytest.mark.slow
@@ -262,6 +266,7 @@ def test_parallel_batched_env_matches_serial():
         a, b = (env.step(td.set("action", action))["next"] for env, td in ((serial, a), (parallel, b)))
         assert torch.equal(a["pixels"], b["pixels"]) and torch.equal(a["reward"], b["reward"])
     serial.close(), parallel.close()
+    assert torch.get_num_threads() == 1
 
 
 def test_list_cli_prints_every_paper_task_with_its_action_dim(capsys):

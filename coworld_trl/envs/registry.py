@@ -198,11 +198,35 @@ def make_env(
     return TransformedEnv(env, Compose(*transforms))
 
 
+class _KeepsThreads:
+    """Closing restores the process's torch threads to what they were when the env was made.
+    TorchRL 0.14's batched envs set them on close to ``min(initial pool, current + workers)``,
+    so a ``SerialEnv``, which never took any, leaves one more thread per copy behind: a run
+    at ``train.threads=1`` sharing a machine with another would then oversubscribe it."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.__dict__["_threads_when_made"] = torch.get_num_threads()
+
+    def close(self, *args, **kwargs):
+        super().close(*args, **kwargs)
+        torch.set_num_threads(self.__dict__["_threads_when_made"])
+
+
+class _SerialEnv(_KeepsThreads, SerialEnv):
+    pass
+
+
+class _ParallelEnv(_KeepsThreads, ParallelEnv):
+    pass
+
+
 def make_batched_env(name: str, num_envs: int, *, parallel: bool = True, seed: int = 0, **kwargs) -> EnvBase:
     """``num_envs`` copies of ``name`` in TorchRL's ``ParallelEnv`` (one process each) or
-    ``SerialEnv``; copy ``i`` is seeded ``seed + i``. Keyword args go to :func:`make_env`."""
+    ``SerialEnv``; copy ``i`` is seeded ``seed + i``. Keyword args go to :func:`make_env`.
+    Closing it leaves the process's torch threads as they were when it was made."""
     if num_envs < 1:
         raise ConfigError(f"num_envs={num_envs}; use at least 1.")
     _parse(name)  # fail here, not in a worker process
     creators = [EnvCreator(functools.partial(make_env, name, seed=seed + i, **kwargs)) for i in range(num_envs)]
-    return (ParallelEnv if parallel else SerialEnv)(num_envs, creators)
+    return (_ParallelEnv if parallel else _SerialEnv)(num_envs, creators)
