@@ -450,7 +450,7 @@ def test_truncated_normal_equals_torchrls_and_compiles_without_a_graph_break():
     raw_loc, raw_scale = torch.randn(64, 3) * 3, torch.randn(64, 3) * 3
     values = torch.rand(64, 3) * 2.2 - 1.1  # some outside [-1, 1]
     results = []
-    for make in (lambda l, s: TorchRLTruncatedNormal(l, s, low=-1.0, high=1.0, tanh_loc=False), TruncatedNormal):
+    for make in (lambda mu, s: TorchRLTruncatedNormal(mu, s, low=-1.0, high=1.0, tanh_loc=False), TruncatedNormal):
         loc, scale = torch.tanh(raw_loc).requires_grad_(), (2 * torch.sigmoid(raw_scale / 2) + 0.1).requires_grad_()
         torch.manual_seed(1)
         dist = make(loc, scale)

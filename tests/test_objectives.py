@@ -204,7 +204,6 @@ def test_world_model_loss_kl_term_uses_balanced_kl(tiny_world_model, make_batch)
     torch.testing.assert_close(loss["kl"], kl.detach(), rtol=1e-5, atol=1e-6)
 
 
-
 @pytest.mark.parametrize("balance", [0.8, 0.5])
 def test_world_model_loss_passes_its_kl_balance_and_free_nats_on(tiny_world_model, make_batch, balance):
     """The value alone cannot show the balance (``b KL + (1 - b) KL = KL``): the gradients on the

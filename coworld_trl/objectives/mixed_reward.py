@@ -190,5 +190,7 @@ class MixedRewardLoss(WorldModelLoss):
 
 
 def _join(prefix: NestedKey, key: NestedKey) -> tuple[str, ...]:
-    as_tuple = (lambda k: (k,) if isinstance(k, str) else tuple(k))
+    def as_tuple(k: NestedKey) -> tuple[str, ...]:
+        return (k,) if isinstance(k, str) else tuple(k)
+
     return (*as_tuple(prefix), *as_tuple(key))
