@@ -46,6 +46,9 @@ lane() {
 }
 
 run_lanes() {
+  # Its own process group, so that stopping it (kill -TERM 0 below) reaches its lanes and runs
+  # and nothing of whoever started it (a launcher without job control shares its group).
+  [[ $(ps -o pgid= -p $$ | tr -d ' ') == "$$" ]] || exec setsid bash "$0"
   set -f  # the overrides hold [ ]: no globbing
   # The runs import the library of this checkout (ROOT, set by the script), not whichever
   # coworld_trl is installed: a row's runs keep one version of the code while others are edited.

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import subprocess
 import time
 from pathlib import Path
@@ -95,6 +96,36 @@ def test_the_jobs_run_the_recipes_of_this_checkout_at_one_thread(tmp_path):
     assert f"source_checkpoints=[{tmp_path}/runs/online_quick/cheetah_run/seed0]" in calls[4]
     log = tmp_path / "runs" / "logs" / "coworld_seed0.log"
     assert log.read_text() == f"training {tmp_path}/runs/t3_27k/coworld/seed0\n"
+
+
+SLOW_PYTHON = """#!/usr/bin/env bash
+# Stands in for a run that takes long: notes its start, and its SIGTERM before it exits.
+trap 'echo stopped >> "$CALLS"; exit 143' TERM
+echo started >> "$CALLS"
+sleep 60 & wait
+"""
+
+
+def test_stopping_the_script_stops_its_runs_and_nothing_else(tmp_path):
+    """SIGTERM to the script reaches its runs (which checkpoint on it) through its own process
+    group; started without job control, as here, that group is not the caller's: this test's
+    own process survives it."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "python").write_text(SLOW_PYTHON)
+    (bin_dir / "python").chmod(0o755)
+    calls = tmp_path / "calls"
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "CALLS": str(calls),
+           "RUNS": str(tmp_path / "runs"), "DATA": str(tmp_path / "data"), "LANES": "2"}
+    script = subprocess.Popen(["bash", str(EXPERIMENTS / "table3_cheetah_downhill_cpu.sh")], env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 60
+    while time.time() < deadline and (not calls.exists() or calls.read_text().count("started") < 2):
+        time.sleep(0.1)
+    script.send_signal(signal.SIGTERM)
+    stdout, _ = script.communicate(timeout=60)
+    assert calls.read_text().split() == ["started", "started", "stopped", "stopped"]
+    assert sorted(re.findall(r"lane \d: (\S+)$", stdout, flags=re.M)) == ["collect", "source"]
 
 
 def test_a_second_invocation_on_the_same_runs_is_refused(tmp_path):
