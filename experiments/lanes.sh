@@ -13,14 +13,19 @@ all_finished() { local path; for path in "$@"; do finished "$path" || return 1; 
 execute() {  # name output command
   if [[ ${DRY_RUN:-0} == 1 ]]; then
     echo "run $1"
-    mkdir -p "$2" && echo '{"phase": "finished"}' > "$2/status.json"
+    mkdir -p "$2" && echo '{"phase": "finished"}' > "$2/status.json.tmp" && mv "$2/status.json.tmp" "$2/status.json"
   else
     OMP_NUM_THREADS=1 $3 >> "$RUNS/logs/${1//\//_}.log" 2>&1
   fi
 }
 
 lane() {
+  # A stop (TERM from run_lanes) reaches the running job too; the lane waits for the job to
+  # write its checkpoint and exit, then ends, so that the script ends after its runs.
+  local stopping=0
+  trap 'stopping=1' TERM INT
   while true; do
+    (( stopping )) && return
     local pending=0 started=0 active=0 failed="" job name inputs output cmd
     for job in "${jobs[@]}"; do
       IFS='|' read -r name inputs output cmd <<< "$job"
@@ -32,10 +37,11 @@ lane() {
         continue
       fi
       all_finished $inputs || continue
-      mkdir "$claim" 2>/dev/null || continue  # the other lane was faster
+      mkdir "$claim" 2>/dev/null || { active=1; continue; }  # the other lane was faster: it runs it
       echo "$(date -Is) lane $1: $name"
       execute "$name" "$output" "$cmd" || {
-        local rc=$?; echo "$(date -Is) lane $1: $name failed (exit $rc), see $RUNS/logs"; touch "$claim.failed"; }
+        local rc=$?; (( stopping )) && return
+        echo "$(date -Is) lane $1: $name failed (exit $rc), see $RUNS/logs"; touch "$claim.failed"; }
       started=1
       break
     done

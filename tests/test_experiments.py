@@ -99,8 +99,9 @@ def test_the_jobs_run_the_recipes_of_this_checkout_at_one_thread(tmp_path):
 
 
 SLOW_PYTHON = """#!/usr/bin/env bash
-# Stands in for a run that takes long: notes its start, and its SIGTERM before it exits.
-trap 'echo stopped >> "$CALLS"; exit 143' TERM
+# Stands in for a run that takes long: notes its start, and its SIGTERM once its checkpoint
+# (a second here) is written.
+trap 'sleep 1; echo stopped >> "$CALLS"; exit 143' TERM
 echo started >> "$CALLS"
 sleep 60 & wait
 """
@@ -109,7 +110,7 @@ sleep 60 & wait
 def test_stopping_the_script_stops_its_runs_and_nothing_else(tmp_path):
     """SIGTERM to the script reaches its runs (which checkpoint on it) through its own process
     group; started without job control, as here, that group is not the caller's: this test's
-    own process survives it."""
+    own process survives it. The script ends only after its runs have written their checkpoints."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     (bin_dir / "python").write_text(SLOW_PYTHON)
