@@ -51,6 +51,16 @@ lane() {
   done
 }
 
+stop_runs() {  # signal
+  # Stopping the script stops its runs: each writes a checkpoint (after an evaluation in
+  # progress), and the script ends after them. The script ignores the TERM it sends its own
+  # group. A Ctrl-C in the terminal has reached the runs already (the script's group is the
+  # terminal's foreground group); a second signal would stop them without a checkpoint.
+  trap '' TERM INT
+  [[ $1 == INT && $(ps -o tpgid= -p $$ | tr -d ' ') == "$$" ]] || kill -TERM 0
+  wait
+}
+
 run_lanes() {
   # Its own process group, so that stopping it (kill -TERM 0 below) reaches its lanes and runs
   # and nothing of whoever started it (a launcher without job control shares its group).
@@ -66,8 +76,8 @@ run_lanes() {
   exec 9> "$RUNS/.lock"
   flock -n 9 || { echo "error: another experiment script is running on RUNS=$RUNS (or its runs are still stopping); wait for it" >&2; exit 2; }
   rm -rf "$CLAIMS" && mkdir "$CLAIMS"  # claims of an earlier invocation: its processes are gone
-  # Stopping the script stops its runs: each writes a checkpoint (after an evaluation in progress).
-  trap 'trap - TERM INT; kill -TERM 0; wait' TERM INT
+  trap 'stop_runs TERM' TERM
+  trap 'stop_runs INT' INT
   local i
   for i in $(seq 1 "${LANES:-2}"); do lane "$i" & done
   wait

@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import os
+import pty
 import re
+import select
 import signal
 import subprocess
 import time
@@ -99,34 +101,68 @@ def test_the_jobs_run_the_recipes_of_this_checkout_at_one_thread(tmp_path):
 
 
 SLOW_PYTHON = """#!/usr/bin/env bash
-# Stands in for a run that takes long: notes its start, and its SIGTERM once its checkpoint
-# (a second here) is written.
-trap 'sleep 1; echo stopped >> "$CALLS"; exit 143' TERM
+# Stands in for a run that takes long: notes its start, each signal it gets, and when its
+# checkpoint (a second here) is written. A recipe stops without a checkpoint on a second signal.
+trap 'echo TERM >> "$CALLS"; sleep 1; echo stopped >> "$CALLS"; exit 143' TERM
+trap 'echo INT >> "$CALLS"; sleep 1; echo stopped >> "$CALLS"; exit 130' INT
 echo started >> "$CALLS"
 sleep 60 & wait
 """
 
 
-def test_stopping_the_script_stops_its_runs_and_nothing_else(tmp_path):
-    """SIGTERM to the script reaches its runs (which checkpoint on it) through its own process
-    group; started without job control, as here, that group is not the caller's: this test's
-    own process survives it. The script ends only after its runs have written their checkpoints."""
+def slow_runs_env(tmp_path: Path) -> dict[str, str]:
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     (bin_dir / "python").write_text(SLOW_PYTHON)
     (bin_dir / "python").chmod(0o755)
-    calls = tmp_path / "calls"
-    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "CALLS": str(calls),
-           "RUNS": str(tmp_path / "runs"), "DATA": str(tmp_path / "data"), "LANES": "2"}
-    script = subprocess.Popen(["bash", str(EXPERIMENTS / "table3_cheetah_downhill_cpu.sh")], env=env,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "CALLS": str(tmp_path / "calls"),
+            "RUNS": str(tmp_path / "runs"), "DATA": str(tmp_path / "data"), "LANES": "2"}
+
+
+def wait_for_calls(calls: Path, word: str, count: int) -> None:
     deadline = time.time() + 60
-    while time.time() < deadline and (not calls.exists() or calls.read_text().count("started") < 2):
+    while time.time() < deadline and (not calls.exists() or calls.read_text().split().count(word) < count):
         time.sleep(0.1)
-    script.send_signal(signal.SIGTERM)
-    stdout, _ = script.communicate(timeout=60)
-    assert calls.read_text().split() == ["started", "started", "stopped", "stopped"]
-    assert sorted(re.findall(r"lane \d: (\S+)$", stdout, flags=re.M)) == ["collect", "source"]
+
+
+def test_stopping_the_script_stops_its_runs_and_nothing_else(tmp_path):
+    """SIGTERM to the script reaches its runs (which checkpoint on it) through its own process
+    group; started without job control, as here, that group is not the caller's: this test's
+    own process survives it. The script itself ends only after its runs' checkpoints."""
+    env = slow_runs_env(tmp_path)
+    log = tmp_path / "script.log"
+    with open(log, "w") as out:  # not a pipe: the lanes would hold it open after the script ended
+        script = subprocess.Popen(["bash", str(EXPERIMENTS / "table3_cheetah_downhill_cpu.sh")], env=env,
+                                  stdout=out, stderr=subprocess.STDOUT)
+        wait_for_calls(tmp_path / "calls", "started", 2)
+        script.send_signal(signal.SIGTERM)
+        script.wait(timeout=60)
+    assert (tmp_path / "calls").read_text().split() == ["started", "started", "TERM", "TERM", "stopped", "stopped"]
+    assert sorted(re.findall(r"lane \d: (\S+)$", log.read_text(), flags=re.M)) == ["collect", "source"]
+
+
+def test_ctrl_c_in_a_terminal_stops_each_run_with_one_signal(tmp_path):
+    """Run in the foreground of an interactive shell, Ctrl-C sends SIGINT to the script's whole
+    group, runs included; the script does not send them a second signal (which would stop a
+    recipe without its checkpoint), and the shell's prompt returns after their checkpoints."""
+    env = {**slow_runs_env(tmp_path), "PS1": "$ "}
+    pid, terminal = pty.fork()
+    if pid == 0:  # the child: an interactive shell on the terminal
+        os.execvpe("bash", ["bash", "--norc", "--noprofile", "-i"], env)
+    try:
+        os.write(terminal, f"bash {EXPERIMENTS}/table3_cheetah_downhill_cpu.sh; echo ended $?\n".encode())
+        wait_for_calls(tmp_path / "calls", "started", 2)
+        os.write(terminal, b"\x03")
+        output, deadline = "", time.time() + 60
+        while "ended 130" not in output and time.time() < deadline:
+            if select.select([terminal], [], [], 1)[0]:
+                output += os.read(terminal, 4096).decode(errors="replace")
+        assert "ended 130" in output, output
+        assert (tmp_path / "calls").read_text().split() == ["started", "started", "INT", "INT", "stopped", "stopped"]
+    finally:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        os.close(terminal)
 
 
 def test_a_second_invocation_on_the_same_runs_is_refused(tmp_path):
