@@ -20,7 +20,7 @@ execute() {  # name output command
 }
 
 lane() {
-  # A stop (TERM from run_lanes) reaches the running job too; the lane waits for the job to
+  # A stop (TERM from stop_runs, a Ctrl-C) reaches the running job too; the lane waits for it to
   # write its checkpoint and exit, then ends, so that the script ends after its runs.
   local stopping=0
   trap 'stopping=1' TERM INT
