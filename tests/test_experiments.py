@@ -138,7 +138,7 @@ def test_stopping_the_script_stops_its_runs_and_nothing_else(tmp_path):
         script.send_signal(signal.SIGTERM)
         script.wait(timeout=60)
     assert (tmp_path / "calls").read_text().split() == ["started", "started", "TERM", "TERM", "stopped", "stopped"]
-    assert sorted(re.findall(r"lane \d: (\S+)$", log.read_text(), flags=re.M)) == ["collect", "source"]
+    assert sorted(started(log.read_text())) == ["collect", "source"]
 
 
 def test_ctrl_c_in_a_terminal_stops_each_run_with_one_signal(tmp_path):
