@@ -177,3 +177,21 @@ def test_a_second_invocation_on_the_same_runs_is_refused(tmp_path):
         finally:
             holder.kill()
     assert proc.returncode == 2 and "another experiment script is running on RUNS=" in proc.stderr and proc.stdout == ""
+
+
+def test_a_lane_that_loses_a_claim_waits_for_the_job_instead_of_ending(tmp_path):
+    """The other lane claimed the last job between this lane's look and its own claim: this
+    lane waits until that job is finished, then ends with nothing left. (A file at the claim's
+    path makes the race deterministic: the look misses it and the claim fails.)"""
+    runs, output = tmp_path / "runs", tmp_path / "runs" / "job"
+    claims = runs / ".claims"
+    claims.mkdir(parents=True)
+    (claims / "job").write_text("")
+    driver = f"""
+        ROOT={EXPERIMENTS.parent}; . {EXPERIMENTS / "lanes.sh"}
+        RUNS={runs}; CLAIMS={claims}; POLL_SECONDS=0.1; jobs=("job||{output}|false")
+        (sleep 1; mkdir -p {output}; echo '{{"phase": "finished"}}' > {output}/status.json) &
+        lane 1"""
+    proc = subprocess.run(["bash", "-c", driver], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert started(proc.stdout) == [] and proc.stdout.rstrip().endswith("lane 1: nothing left")
