@@ -62,6 +62,15 @@ stop_runs() {  # signal
 }
 
 run_lanes() {
+  # The runs use AVX2 kernels (torch's own, oneDNN's convolutions, MKL's matmuls) on every x86
+  # CPU: AVX-512 kernels round differently, and a run on an AVX-512 machine gives other numbers
+  # than the same command elsewhere (docs/results.md, "Reproducing a run on another machine").
+  # CPU_KERNELS=native takes the machine's best (updates about 20% faster on AVX-512) instead.
+  case ${CPU_KERNELS:=avx2} in
+    avx2) export ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 MKL_ENABLE_INSTRUCTIONS=AVX2 ;;
+    native) ;;
+    *) echo "error: CPU_KERNELS=$CPU_KERNELS is neither avx2 (the default: the same numbers on every x86 machine) nor native (the machine's fastest kernels)" >&2; exit 2 ;;
+  esac
   # Its own process group, so that stopping it (kill -TERM 0 below) reaches its lanes and runs
   # and nothing of whoever started it (a launcher without job control shares its group).
   [[ $(ps -o pgid= -p $$ | tr -d ' ') == "$$" ]] || exec setsid bash "$0"

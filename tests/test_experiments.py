@@ -2,13 +2,17 @@
 from __future__ import annotations
 
 import os
+import platform
 import pty
 import re
 import select
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
+
+import pytest
 
 EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
 ROW = [f"{method}/seed{seed}" for seed in range(3) for method in ("offline_dv2", "finetune", "coworld")]
@@ -67,7 +71,7 @@ def test_the_online_curves_run_seed_by_seed_and_share_the_row_s_source(tmp_path)
 
 FAKE_PYTHON = """#!/usr/bin/env bash
 # Stands in for python: records how it was called, then finishes the run or dataset it was given.
-echo "$PYTHONPATH $OMP_NUM_THREADS $*" >> "$CALLS"
+echo "$PYTHONPATH $OMP_NUM_THREADS ${ATEN_CPU_CAPABILITY:--} ${ONEDNN_MAX_CPU_ISA:--} ${MKL_ENABLE_INSTRUCTIONS:--} $*" >> "$CALLS"
 for arg in "$@"; do
   case $arg in output_dir=*) out=${arg#output_dir=} ;; collect.output=*) dataset=${arg#collect.output=} ;; esac
 done
@@ -77,27 +81,58 @@ mkdir -p "$out" && echo '{"phase": "finished"}' > "$out/status.json"
 """
 
 
-def test_the_jobs_run_the_recipes_of_this_checkout_at_one_thread(tmp_path):
-    """Not dry: each job calls ``python`` (here a stand-in that finishes its output) with the
-    recipe of this checkout, this checkout first on PYTHONPATH, one OpenMP thread, and its
-    output in its log."""
+PINS = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS")
+
+
+def fake_runs(tmp_path: Path, **extra: str) -> subprocess.CompletedProcess:
+    """The row script, not dry: each job calls ``python``, here a stand-in that notes its
+    environment and arguments and finishes its output."""
     bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
+    bin_dir.mkdir(parents=True)
     (bin_dir / "python").write_text(FAKE_PYTHON)
     (bin_dir / "python").chmod(0o755)
-    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "CALLS": str(tmp_path / "calls"),
-           "RUNS": str(tmp_path / "runs"), "DATA": str(tmp_path / "data"), "LANES": "1", "POLL_SECONDS": "0.1",
-           "PYTHONPATH": "/elsewhere"}
-    proc = subprocess.run(["bash", str(EXPERIMENTS / "table3_cheetah_downhill_cpu.sh")], env=env,
+    env = {key: value for key, value in os.environ.items() if key not in PINS}
+    env.update(PATH=f"{bin_dir}:{os.environ['PATH']}", CALLS=str(tmp_path / "calls"), RUNS=str(tmp_path / "runs"),
+               DATA=str(tmp_path / "data"), LANES="1", POLL_SECONDS="0.1", PYTHONPATH="/elsewhere", **extra)
+    return subprocess.run(["bash", str(EXPERIMENTS / "table3_cheetah_downhill_cpu.sh")], env=env,
                           capture_output=True, text=True, timeout=120)
+
+
+def test_the_jobs_run_the_recipes_of_this_checkout_at_one_thread_on_avx2_kernels(tmp_path):
+    """Each job runs the recipe of this checkout, with this checkout first on PYTHONPATH, one
+    OpenMP thread, the CPU kernels pinned to AVX2 (the same numbers on AVX2 and AVX-512
+    machines) and its output in its log."""
+    proc = fake_runs(tmp_path)
     assert proc.returncode == 0, proc.stderr
     calls = (tmp_path / "calls").read_text().splitlines()
     root = EXPERIMENTS.parent
-    assert len(calls) == 11 and all(call.startswith(f"{root}:/elsewhere 1 {root}/recipes/") for call in calls)
+    assert len(calls) == 11
+    assert all(call.startswith(f"{root}:/elsewhere 1 avx2 AVX2 AVX2 {root}/recipes/") for call in calls)
     assert "recipes/coworld_dmc.py" in calls[4] and "sources=[dmc/cheetah_run]" in calls[4]
     assert f"source_checkpoints=[{tmp_path}/runs/online_quick/cheetah_run/seed0]" in calls[4]
     log = tmp_path / "runs" / "logs" / "coworld_seed0.log"
     assert log.read_text() == f"training {tmp_path}/runs/t3_27k/coworld/seed0\n"
+
+
+def test_cpu_kernels_native_leaves_the_kernels_to_the_machine_and_a_typo_is_refused(tmp_path):
+    native = fake_runs(tmp_path / "native", CPU_KERNELS="native")
+    assert native.returncode == 0, native.stderr
+    calls = (tmp_path / "native" / "calls").read_text().splitlines()
+    assert len(calls) == 11 and all(call.split()[1:5] == ["1", "-", "-", "-"] for call in calls)
+    typo = fake_runs(tmp_path / "typo", CPU_KERNELS="avx512")
+    assert typo.returncode == 2 and typo.stdout == "" and not (tmp_path / "typo" / "calls").exists()
+    assert typo.stderr == ("error: CPU_KERNELS=avx512 is neither avx2 (the default: the same numbers on every x86 "
+                           "machine) nor native (the machine's fastest kernels)\n")
+
+
+@pytest.mark.skipif(platform.machine() != "x86_64", reason="the kernel pin is for x86 CPUs")
+def test_torch_takes_the_pinned_kernels():
+    """The variable the scripts set is the one torch reads: its ATen kernels report AVX2 (on a
+    CPU with AVX-512 they would report AVX512 without it)."""
+    probe = "import torch; print(torch.backends.cpu.get_cpu_capability())"
+    env = {**os.environ, "ATEN_CPU_CAPABILITY": "avx2"}
+    out = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, timeout=120)
+    assert out.stdout.strip() == "AVX2", out.stderr
 
 
 SLOW_PYTHON = """#!/usr/bin/env bash
