@@ -490,6 +490,7 @@ def test_a_launchers_requeue_signal_is_handed_on_after_the_checkpoint(tmp_path):
         status = json.loads((tmp_path / "status.json").read_text())
         seen.append((signum, state["progress"]["frames"], status["done"]))
         assert status["unit"] == "frame" and status["rate"] * (status["updated_at"] - started) >= status["done"] > 0
+        assert status["cpu_kernels"] == torch.backends.cpu.get_cpu_capability()
         raise SystemExit(-1)
 
     class SignalMidRun(Callback):

@@ -396,7 +396,10 @@ class Experiment:
         now = time.time()
         status = {"phase": "finished" if p.finished else self._phase, "frames": p.frames, "updates": p.updates,
                   "done": done, "total": total, "unit": unit, "last_eval": self._last_eval, "finished": p.finished,
-                  "updated_at": now, "host": socket.gethostname(), "pid": os.getpid()}
+                  "updated_at": now, "host": socket.gethostname(), "pid": os.getpid(),
+                  # The CPU kernels this process computes with: AVX2 and AVX-512 ones give a
+                  # run other numbers (docs/results.md, reproducing a run on another machine).
+                  "cpu_kernels": torch.backends.cpu.get_cpu_capability()}
         if self._pace is not None and done > self._pace[1] and now > self._pace[0]:
             # Units per second since this process started, evaluations and checkpoints included:
             # what ``report status`` estimates the time left from.
