@@ -7,6 +7,7 @@
 #
 #   RUNS=/data/runs bash experiments/table3_cheetah_downhill_cpu.sh      # defaults: ./runs, ./datasets/...
 #   LANES=1 bash experiments/table3_cheetah_downhill_cpu.sh              # one run at a time
+#   CPU_KERNELS=native bash experiments/table3_cheetah_downhill_cpu.sh   # AVX-512 where there is (other numbers)
 #   DRY_RUN=1 RUNS=/tmp/plan DATA=/tmp/plan/data bash experiments/table3_cheetah_downhill_cpu.sh
 set -uo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)  # paths in RUNS and DATA are the caller's, as for any command
