@@ -125,6 +125,26 @@ def test_collect_medium_replay_stops_at_the_target_then_expert_rolls_out_the_run
     assert not walker.exists() and not (tmp_path / "walker.episodes").exists()
 
 
+def test_a_fresh_collection_run_refuses_another_runs_episodes(tmp_path):
+    """A medium-replay collection whose run starts from scratch (no checkpoint in output_dir)
+    next to episodes recorded by another run would append to them: it is refused in one line,
+    before anything is trained or written, and the episodes are left as they were."""
+    out = tmp_path / "mr"
+    recorder = EpisodeRecorder(tmp_path / "mr.episodes")
+    for batch in collector_batches([10], batch=11)[0]:
+        recorder(batch)
+    before = sorted((tmp_path / "mr.episodes").iterdir())
+    assert len(before) == 1
+    proc = run_recipe([*FAST_ENV, *TINY, "collect.kind=medium-replay", "collect.whole_replay=true",
+                       "train.total_frames=2000", f"collect.output={out}", f"output_dir={tmp_path / 'new_run'}"],
+                      tmp_path)
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr[-3000:]
+    assert (f"{tmp_path}/mr.episodes holds 1 episodes of another collection run, and run {tmp_path}/new_run "
+            f"starts from scratch; resume that run's output_dir, or delete {tmp_path}/mr.episodes") in proc.stderr
+    assert sorted((tmp_path / "mr.episodes").iterdir()) == before and not out.exists()
+    assert not (tmp_path / "new_run").exists()
+
+
 def test_medium_replay_cut_keeps_the_episodes_until_the_first_eval_at_a_third_of_the_best(tmp_path):
     """The paper's medium-replay without a reference score: the run's best eval is 90, so the cut is the
     first eval >= 30 (at 2,500 frames); episodes of 100 steps at action repeat 8 end every 800 frames,

@@ -103,6 +103,14 @@ def collect_dataset(config: CollectDatasetConfig) -> OfflineDataset:
     if c.kind == "medium-replay":
         from coworld_trl.training import StopAtReturn, run_online_dreamer
 
+        # The episodes are the run's replay: a run that starts from scratch next to another
+        # run's episodes would append to them and mix two runs in one dataset.
+        recorded = len(npz_files(episodes_dir)) if episodes_dir.is_dir() else 0
+        if recorded and not (Path(config.output_dir) / "checkpoint.pt").exists():
+            raise ConfigError(f"{episodes_dir} holds {recorded} episodes of another collection run, and run "
+                              f"{config.output_dir} starts from scratch; resume that run's output_dir, or delete "
+                              f"{episodes_dir} to collect anew.")
+
         if c.reference_score is None:
             run_online_dreamer(config, callbacks=[RecordEpisodes(episodes_dir)])
         if c.whole_replay:  # a resumed run's extra episodes (after its last checkpoint) end past the frames
